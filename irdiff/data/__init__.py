@@ -1,0 +1,1 @@
+"""Image IO, degradations and datasets."""

@@ -1,0 +1,128 @@
+"""The Method contract shared by every restoration method, and small float64 schedule helpers.
+
+A method holds only scalars and float64 numpy schedules (index 0 = clean). Tensors come in as
+arguments; nothing is stored on the method. Images inside methods are in [-1, 1], NCHW.
+
+Batches are dicts: ``gt`` (clean, [-1, 1]), ``lq`` (degraded at the same size as ``gt``: for SR the
+bicubic-upsampled LR), optionally ``mask`` (1 = missing pixel, shape (B, 1, H, W)) and, for
+Noise-DA, ``real`` (unpaired real degraded images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Callback = Callable[[int, int, torch.Tensor], None] | None
+
+
+class Method:
+    """Base class: subclasses implement loss / sample / q_sample with the DESIGN §2 contract."""
+
+    #: training T (number of diffusion / degradation steps); 1 for one-pass methods
+    num_steps: int = 1
+    #: how many scalars the net receives per sample as its noise level (RDDM feeds (ᾱ_t, β̄_t))
+    noise_level_dim: int = 1
+    #: default number of sampling steps used by `sample` when steps is None
+    default_steps: int | None = None
+    #: samplers by name; the first one is the default
+    samplers: tuple[str, ...] = ()
+
+    # --- network plumbing ---------------------------------------------------------------------
+    def net_in_channels(self, img_channels: int) -> int:
+        """Channels of ``cat([x, cond])`` as the net sees them."""
+        return 2 * img_channels
+
+    def net_out_channels(self, img_channels: int) -> int:
+        return img_channels
+
+    def build_net(self, net_cfg: dict[str, Any], img_channels: int) -> nn.Module:
+        """Build the trainable module from the config's ``net`` section (name + kwargs)."""
+        from irdiff.registry import NETS
+
+        kwargs = {k: v for k, v in net_cfg.items() if k != "name"}
+        return NETS.build(
+            net_cfg["name"],
+            where=f"net({net_cfg['name']})",
+            in_channels=self.net_in_channels(img_channels),
+            out_channels=self.net_out_channels(img_channels),
+            noise_level_dim=self.noise_level_dim,
+            **kwargs,
+        )
+
+    def inference_net(self, model: nn.Module) -> nn.Module:
+        """The part of the trained module used at inference (Noise-DA drops its diffusion net)."""
+        return model
+
+    # --- the contract ---------------------------------------------------------------------------
+    def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
+               generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def q_sample(self, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no forward marginal")
+
+    # --- validation -----------------------------------------------------------------------------
+    def check_sampler(self, sampler: str | None) -> str:
+        name = sampler or self.samplers[0]
+        if name not in self.samplers:
+            raise ValueError(f"unknown sampler {name!r} for {type(self).__name__}; known: {', '.join(self.samplers)}")
+        return name
+
+
+# ---- tensor helpers ------------------------------------------------------------------------------
+
+def gather(schedule: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """schedule[t] as a (B, 1, 1, 1) tensor of ``like``'s dtype/device (schedules stay float64 until here)."""
+    values = torch.from_numpy(np.asarray(schedule, dtype=np.float64))[t.detach().long().cpu()]
+    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all but the batch dimension: losses return one value per sample."""
+    return x.flatten(1).mean(1)
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def randint(low: int, high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Integers in [low, high], inclusive, one per sample."""
+    return torch.randint(low, high + 1, (n,), generator=generator, device=device)
+
+
+def rand(n: int, generator: torch.Generator | None, device: torch.device, dtype=torch.float64) -> torch.Tensor:
+    return torch.rand((n,), generator=generator, device=device, dtype=dtype)
+
+
+def step_indices(total: int, steps: int) -> list[int]:
+    """A decreasing list of ``steps + 1`` integers from ``total`` to 0 (even spacing, no repeats)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = min(steps, total)
+    idx = np.round(np.linspace(total, 0, steps + 1)).astype(int)
+    return [int(i) for i in idx]
+
+
+# ---- float64 schedules ---------------------------------------------------------------------------
+
+def linear_betas(T: int, start: float, end: float) -> np.ndarray:
+    """β_1..β_T linear, returned with a leading 0 so index 0 means 'clean' (length T+1)."""
+    return np.concatenate([[0.0], np.linspace(start, end, T, dtype=np.float64)])
+
+
+def cosine_alpha_bar(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Nichol & Dhariwal cosine ᾱ_0..ᾱ_T (ᾱ_0 = 1), via clipped β."""
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    betas = np.array([min(1 - f(i) / f(i - 1), max_beta) for i in range(1, T + 1)], dtype=np.float64)
+    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
