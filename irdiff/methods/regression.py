@@ -1,1 +1,58 @@
-"""(in progress)"""
+"""The one-pass restorer trained by plain regression: the baseline, and the R of Noise-DA.
+
+The network predicts a residual: restored = lq + net(lq). No noise level, one "step".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from irdiff.methods.base import Callback, Method, per_sample_mean
+from irdiff.registry import METHODS
+
+
+def charbonnier(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt(x * x + eps * eps)
+
+
+@METHODS.register("regression")
+class Regression(Method):
+    num_steps = 1
+    noise_level_dim = 0
+    default_steps = 1
+    samplers = ("direct",)
+
+    def __init__(self, loss_type: str = "l1", residual: bool = True, charbonnier_eps: float = 1e-3):
+        if loss_type not in ("l1", "l2", "charbonnier"):
+            raise ValueError(f"loss_type must be l1, l2 or charbonnier, got {loss_type!r}")
+        self.loss_type, self.residual, self.charbonnier_eps = loss_type, residual, charbonnier_eps
+
+    def net_in_channels(self, img_channels: int) -> int:
+        return img_channels
+
+    def restore(self, net: nn.Module, lq: torch.Tensor) -> torch.Tensor:
+        out = net(lq, None)
+        return lq + out if self.residual else out
+
+    def pixel_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = pred - target
+        if self.loss_type == "l1":
+            return per_sample_mean(diff.abs())
+        if self.loss_type == "l2":
+            return per_sample_mean(diff * diff)
+        return per_sample_mean(charbonnier(diff, self.charbonnier_eps))
+
+    def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pixel_loss(self.restore(net, batch["lq"]), batch["gt"])
+
+    def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
+               generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
+        self.check_sampler(sampler)
+        out = self.restore(net, cond).clamp(-1, 1)
+        if callback is not None:
+            callback(0, 1, out)
+        return out

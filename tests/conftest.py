@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+SHARED_DATA = Path(os.environ.get("IRDIFF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with a clear message when it is absent."""
+    p = SHARED_DATA / name
+    if not p.is_dir():
+        pytest.skip(f"benchmark data {p} is absent (set IRDIFF_DATA to the shared data folder)")
+    return p
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Six small random RGB PNGs (40x36) in a folder."""
+    from irdiff.data.io import write_image
+
+    g = torch.Generator().manual_seed(0)
+    d = tmp_path / "imgs"
+    for i in range(6):
+        write_image(d / f"img{i}.png", torch.rand(3, 36, 40, generator=g))
+    return d
