@@ -263,7 +263,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
         running += loss.item()
         n_running += 1
         if main and (step % tc.log_every == 0 or step == tc.steps):
-            values = {"loss": running / n_running, "lr": lr}
+            values = {"loss": running / n_running, "lr": lr, "seconds": round(time.time() - t0, 2)}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
             logger.scalars(step, values)

@@ -46,6 +46,9 @@ class Method:
         from irdiff.registry import NETS
 
         kwargs = {k: v for k, v in net_cfg.items() if k != "name"}
+        for reserved in ("in_channels", "out_channels", "noise_level_dim"):
+            if reserved in kwargs:
+                raise ValueError(f"net.{reserved}: set by the method, remove it from the config")
         return NETS.build(
             net_cfg["name"],
             where=f"net({net_cfg['name']})",

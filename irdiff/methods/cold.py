@@ -1,1 +1,296 @@
-"""(in progress)"""
+"""Cold Diffusion: a deterministic degradation D(x0, s) and an L1 restorer R (DESIGN §3.2).
+
+One index convention everywhere: ``s`` = number of per-step operators applied, s = 0..T, and
+D(x0, 0) = x0. Training draws s ~ U{1..T} per sample and minimises |R(D(x0, s), s/T) − x0| (the net
+predicts x0; there is no noise anywhere). Sampling starts from x_T = the degraded input (``cond``)
+and walks a decreasing subset of steps s → s':
+
+- ``improved`` (Algorithm 2, default): x_{s'} = x_s − D(x̂0, s) + D(x̂0, s'), x̂0 = R(x_s, s/T);
+- ``naive`` (Algorithm 1): x_{s'} = D(x̂0, s').
+
+The reference code trains with a 0-based index t meaning t+1 operators and samples with s−1; here
+the net sees s/T for the state with s operators applied, in training and sampling alike.
+
+Built-in degradations (``degradation``):
+
+- ``blur``: per-step depthwise Gaussian blur (kernel ``blur_kernel_size``, std
+  ``blur_std + blur_std_increment·(i−1)`` at step i), reflect border, composed step by step;
+- ``mask``: product of centred smooth holes z_i = 1 − exp(−r²/2σ_i²), σ_i = ``mask_std``·(i − 1 +
+  ``mask_initial``) pixels (the reference's Incremental routine); the hole fades to 0 (mid-grey);
+- ``pixelate`` / ``downsample``: step i down-samples by 2^i (``pixelate_mode`` "area" or antialiased
+  "bicubic") and blows the result back up with nearest neighbour, so T = 2 is ×4 SR;
+- ``snow``: x + a_s ⊙ (1 − x), a_s = motion-blurred snow field above a threshold that falls linearly
+  from ``snow_threshold_start`` to ``snow_threshold_end``; the field comes from ``snow_seed`` only, so D
+  is deterministic (it depends on the image size);
+- ``interp``: D(x0, s, lq) = (1 − s/T)·x0 + (s/T)·lq, for any paired task (x_T = lq).
+
+The net sees only x_s (``net_in_channels(C) = C``), even for ``interp``: with lq as a condition the net
+could invert D algebraically for every s < T, and sampling would collapse to one direct R(lq, 1).
+For blur / mask / pixelate / snow the data pipeline must build its LQ images with :meth:`degrade`
+(``lq = method.degrade(gt, T)``) so that training and sampling see the very same D; the ``lq`` and
+``mask`` entries of a batch are not used by these degradations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irdiff.methods.base import Callback, Method, randint, step_indices
+from irdiff.registry import METHODS
+
+DEGRADATIONS = ("blur", "mask", "pixelate", "downsample", "snow", "interp")
+DEFAULT_STEPS = {"blur": 20, "mask": 50, "pixelate": 2, "downsample": 2, "snow": 20, "interp": 10}
+
+
+@METHODS.register("cold")
+class ColdDiffusion(Method):
+    """Cold Diffusion with a built-in deterministic degradation; see the module docstring.
+
+    ``num_steps`` None picks a per-degradation T (blur 20, mask 50, pixelate 2, snow 20, interp 10).
+    """
+
+    samplers = ("improved", "naive")
+
+    def __init__(self, degradation: str = "interp", num_steps: int | None = None,
+                 blur_kernel_size: int = 11, blur_std: float = 1.0, blur_std_increment: float = 0.0,
+                 mask_std: float = 0.2, mask_initial: float = 1.0,
+                 pixelate_mode: str = "area",
+                 snow_seed: int = 0, snow_mean: float = 0.55, snow_std: float = 0.3, snow_zoom: int = 4,
+                 snow_threshold_start: float = 1.15, snow_threshold_end: float = 0.7,
+                 snow_blur_length: int = 9, snow_angle: float = -60.0,
+                 loss_type: int = 1):
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation!r}; known: {', '.join(DEGRADATIONS)}")
+        self.degradation = degradation
+        self.num_steps = int(num_steps if num_steps is not None else DEFAULT_STEPS[degradation])
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        self.default_steps = self.num_steps
+        if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd and >= 1, got {blur_kernel_size}")
+        self.blur_kernel_size = int(blur_kernel_size)
+        self.blur_std = float(blur_std)
+        self.blur_std_increment = float(blur_std_increment)
+        self.mask_std = float(mask_std)
+        self.mask_initial = float(mask_initial)
+        if pixelate_mode not in ("area", "bicubic"):
+            raise ValueError(f"pixelate_mode must be 'area' or 'bicubic', got {pixelate_mode!r}")
+        self.pixelate_mode = pixelate_mode
+        self.snow_seed = int(snow_seed)
+        self.snow_mean = float(snow_mean)
+        self.snow_std = float(snow_std)
+        self.snow_zoom = int(snow_zoom)
+        if snow_blur_length < 1 or snow_zoom < 1:
+            raise ValueError("snow_blur_length and snow_zoom must be >= 1")
+        self.snow_blur_length = int(snow_blur_length)
+        self.snow_angle = float(snow_angle)
+        self.snow_threshold_start = float(snow_threshold_start)
+        self.snow_threshold_end = float(snow_threshold_end)
+        if loss_type not in (1, 2):
+            raise ValueError(f"loss_type must be 1 or 2, got {loss_type!r}")
+        self.loss_type = int(loss_type)
+        # per-step parameters, index 0 unused (no operator at s = 0)
+        steps = np.arange(self.num_steps + 1, dtype=np.float64)
+        self.blur_sigma = self.blur_std + self.blur_std_increment * (steps - 1)
+        self.mask_sigma = self.mask_std * (steps - 1 + self.mask_initial)
+        self.snow_threshold = np.concatenate(
+            [[np.inf], np.linspace(self.snow_threshold_start, self.snow_threshold_end, self.num_steps)])
+        if self.degradation == "blur" and np.any(self.blur_sigma[1:] <= 0):
+            raise ValueError("blur std must stay > 0 at every step")
+        if self.degradation == "mask" and np.any(self.mask_sigma[1:] <= 0):
+            raise ValueError("mask std must stay > 0 at every step")
+
+    def net_in_channels(self, img_channels: int) -> int:
+        return img_channels
+
+    # --- the degradation ------------------------------------------------------------------------
+    def degrade(self, x0: torch.Tensor, s: int | torch.Tensor, lq: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """D(x0, s): ``s`` operators applied; ``s`` an int or a (B,) integer tensor; ``lq`` for interp."""
+        if isinstance(s, torch.Tensor):
+            s_list = [int(v) for v in s.detach().cpu().long()]
+            if len(s_list) != x0.shape[0]:
+                raise ValueError(f"s has {len(s_list)} entries for a batch of {x0.shape[0]}")
+        else:
+            s_list = [int(s)] * x0.shape[0]
+        if any(v < 0 or v > self.num_steps for v in s_list):
+            raise ValueError(f"s must lie in 0..{self.num_steps}")
+        wanted = sorted(set(s_list))
+        states = dict(self._chain(x0, wanted, lq))
+        if len(wanted) == 1:
+            return states[wanted[0]]
+        return torch.stack([states[v][b] for b, v in enumerate(s_list)])
+
+    def degrade_pair(self, x0: torch.Tensor, s: int, s_prev: int, lq: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x0, s), D(x0, s_prev)) in one pass over the operators (same values as two degrade calls)."""
+        states = dict(self._chain(x0, sorted({s, s_prev}), lq))
+        return states[s], states[s_prev]
+
+    def _chain(self, x0: torch.Tensor, wanted: list[int], lq: torch.Tensor | None
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+        # Yields (s, D(x0, s)) for s in ``wanted`` (sorted). Composite degradations apply their
+        # operators one at a time from x0, so D(x0, s) is bit-identical whoever asks for it.
+        if self.degradation == "interp":
+            if lq is None:
+                raise ValueError("the 'interp' degradation needs lq (D(x0, s) = (1 − s/T)·x0 + (s/T)·lq)")
+            for s in wanted:
+                w = s / self.num_steps
+                yield s, x0 if s == 0 else (lq if s == self.num_steps else (1 - w) * x0 + w * lq)
+            return
+        if self.degradation == "snow":
+            field = self._snow_field(x0)
+            for s in wanted:
+                if s == 0:
+                    yield s, x0
+                else:
+                    alpha = self._snow_alpha(field, s).to(device=x0.device, dtype=x0.dtype)
+                    yield s, x0 + alpha * (1 - x0)
+            return
+        x = x0
+        done = 0
+        for s in wanted:
+            while done < s:
+                done += 1
+                x = self._op(x, done)
+            yield s, x
+
+    def _op(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        if self.degradation == "blur":
+            return _gaussian_blur(x, self.blur_kernel_size, float(self.blur_sigma[i]))
+        if self.degradation == "mask":
+            return x * self._mask_factor(x, i)
+        return self._pixelate(x, i)
+
+    def _mask_factor(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        yy = np.arange(h, dtype=np.float64)[:, None] - h // 2
+        xx = np.arange(w, dtype=np.float64)[None, :] - w // 2
+        z = 1.0 - np.exp(-(yy**2 + xx**2) / (2 * float(self.mask_sigma[i]) ** 2))
+        return torch.from_numpy(z).to(device=x.device, dtype=x.dtype)
+
+    def _pixelate(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        f = 2**i
+        h, w = x.shape[-2:]
+        if h % f or w % f:
+            raise ValueError(f"pixelate with T={self.num_steps} needs H and W divisible by "
+                             f"{2 ** self.num_steps}, got {h}x{w}")
+        if self.pixelate_mode == "area":
+            small = F.avg_pool2d(x, f)
+        else:
+            small = F.interpolate(x, size=(h // f, w // f), mode="bicubic", antialias=True,
+                                  align_corners=False)
+        return small.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+    def _snow_field(self, x: torch.Tensor) -> torch.Tensor:
+        # Drawn on the CPU in float64 from the fixed seed: the same field on every device and call.
+        h, w = x.shape[-2:]
+        g = torch.Generator().manual_seed(self.snow_seed)
+        z = self.snow_zoom
+        small = torch.randn((1, 1, -(-h // z), -(-w // z)), generator=g, dtype=torch.float64)
+        field = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return self.snow_mean + self.snow_std * field
+
+    def _snow_alpha(self, field: torch.Tensor, s: int) -> torch.Tensor:
+        flakes = torch.where(field >= float(self.snow_threshold[s]), field, torch.zeros_like(field))
+        kernel = _line_kernel(self.snow_blur_length, self.snow_angle)
+        p = self.snow_blur_length // 2
+        padded = F.pad(flakes, (p, p, p, p), mode="replicate")
+        return F.conv2d(padded, kernel).clamp(0, 1)  # (1, 1, H, W), float64 on the CPU
+
+    # --- the contract ---------------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x0, t) per sample (``cond`` = lq, used by 'interp'; ``noise`` ignored: D is deterministic)."""
+        return self.degrade(x0, t, cond)
+
+    def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """|R(D(x0, s), s/T) − x0| per sample (L2 if ``loss_type`` = 2); ``noise`` is unused."""
+        x0 = batch["gt"]
+        if t is None:
+            t = randint(1, self.num_steps, x0.shape[0], generator, x0.device)
+        x_s = self.degrade(x0, t, batch.get("lq"))
+        level = (t.to(torch.float64) / self.num_steps).to(device=x0.device, dtype=x0.dtype)
+        pred = net(x_s, level, None)
+        err = (pred - x0).abs() if self.loss_type == 1 else (pred - x0) ** 2
+        return err.flatten(1).mean(1)
+
+    def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
+               generator: torch.Generator | None = None, callback: Callback = None, **extra: Any
+               ) -> torch.Tensor:
+        """Restore ``cond`` = x_T (the degraded batch: lq for 'interp', D(x0, T) otherwise).
+
+        A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D.
+        """
+        extra.pop("mask", None)
+        if extra:
+            raise TypeError(f"ColdDiffusion.sample got unexpected arguments: {', '.join(sorted(extra))}")
+        fn = {"improved": sample_improved, "naive": sample_naive}[self.check_sampler(sampler)]
+        return fn(self, net, cond, cond, steps or self.default_steps, generator, callback)
+
+    def restore_step(self, net: nn.Module, x: torch.Tensor, s: int) -> torch.Tensor:
+        """x̂0 = R(x_s, s/T)."""
+        level = torch.full((x.shape[0],), s / self.num_steps, device=x.device, dtype=x.dtype)
+        return net(x, level, None)
+
+
+def sample_improved(method: ColdDiffusion, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
+                    generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
+    """Algorithm 2: x_{s'} = x_s − D(x̂0, s) + D(x̂0, s') (exact for any R when D(x, s) = x + s·e)."""
+    idx = step_indices(method.num_steps, steps)
+    x = x_T
+    n = len(idx) - 1
+    for i, (s, s_prev) in enumerate(zip(idx[:-1], idx[1:])):
+        x0 = method.restore_step(net, x, s)
+        d_s, d_prev = method.degrade_pair(x0, s, s_prev, cond)
+        x = x - d_s + d_prev
+        if callback is not None:
+            callback(i, n, x)
+    return x
+
+
+def sample_naive(method: ColdDiffusion, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
+                 generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
+    """Algorithm 1: x_{s'} = D(x̂0, s')."""
+    idx = step_indices(method.num_steps, steps)
+    x = x_T
+    n = len(idx) - 1
+    for i, (s, s_prev) in enumerate(zip(idx[:-1], idx[1:])):
+        x0 = method.restore_step(net, x, s)
+        x = method.degrade(x0, s_prev, cond)
+        if callback is not None:
+            callback(i, n, x)
+    return x
+
+
+# ---- kernels -------------------------------------------------------------------------------------
+
+def _gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable normalised Gaussian (kornia-equivalent), depthwise, reflect border."""
+    r = size // 2
+    k = np.exp(-((np.arange(size, dtype=np.float64) - r) ** 2) / (2 * sigma**2))
+    k = torch.from_numpy(k / k.sum()).to(device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    kh = k.view(1, 1, 1, size).expand(c, 1, 1, size)
+    kv = k.view(1, 1, size, 1).expand(c, 1, size, 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kh, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kv, groups=c)
+
+
+def _line_kernel(length: int, angle_deg: float) -> torch.Tensor:
+    """A normalised (1, 1, L, L) float64 motion-blur kernel: a line through the centre at ``angle_deg``."""
+    length = max(int(length) | 1, 1)
+    c = length // 2
+    k = np.zeros((length, length), dtype=np.float64)
+    a = math.radians(angle_deg)
+    for j in np.linspace(-c, c, 4 * length + 1):
+        k[int(round(c - j * math.sin(a))), int(round(c + j * math.cos(a)))] = 1.0
+    return torch.from_numpy(k / k.sum()).view(1, 1, length, length)
