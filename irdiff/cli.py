@@ -11,8 +11,10 @@ from pathlib import Path
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method from a YAML config")
     p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=100")
-    p.add_argument("--out", help="run directory (default runs/<name>); an existing run resumes from its latest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. train.steps=100")
+    p.add_argument("--out", help="run directory (default runs/<name>); an existing run resumes from its latest "
+                   "checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true")
 
@@ -29,7 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / cfg.name)
     summary = train(cfg, out, progress=not args.no_progress)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
-    print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s -> {out}" + (f" ({metrics})" if metrics else ""))
+    print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s -> {out}"
+          + (f" ({metrics})" if metrics else ""))
     return 0
 
 
@@ -37,7 +40,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore image files, folders or globs")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--out", required=True, help="output file (one input file) or directory")
-    p.add_argument("--model", default="denoise", help="bundled model name or a run directory (default: denoise)")
+    p.add_argument("--model", default="denoise",
+                   help="bundled model name or a run directory (default: denoise)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--sampler", help="sampler name (default: the method's)")
     p.add_argument("--tile", type=int, help="tile size in px for large images (memory stays flat)")

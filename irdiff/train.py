@@ -123,7 +123,7 @@ def validate(cfg: Config, method: Method, net: nn.Module, dataset: Any, device: 
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_in": []}
     for i in range(n):
         item = dataset[(0, i)]
-        lq = (item["lq"][None].to(device) * 2 - 1)
+        lq = method.degraded_input(item["gt"][None].to(device) * 2 - 1, item["lq"][None].to(device) * 2 - 1)
         extra = {"mask": item["mask"][None].to(device)} if "mask" in item else {}
         g = torch.Generator(device=device)
         g.manual_seed(cfg.seed + i)
@@ -132,12 +132,13 @@ def validate(cfg: Config, method: Method, net: nn.Module, dataset: Any, device: 
         gt8, out8 = to_uint8(item["gt"]), to_uint8(restored)
         scores["psnr"].append(psnr(out8, gt8))
         scores["ssim"].append(ssim(out8, gt8))
-        scores["psnr_in"].append(psnr(to_uint8(item["lq"]), gt8))
+        scores["psnr_in"].append(psnr(to_uint8(((lq[0].float().cpu() + 1) / 2).clamp(0, 1)), gt8))
         if i < cfg.sample.val_save_images:
             if run_dir is not None:
                 write_image(run_dir / "val" / f"step_{step:08d}" / f"{dataset.name_of(i)}.png", restored)
             if logger is not None:
-                logger.images(step, f"val/{i}", torch.cat([item["lq"], restored, item["gt"]], dim=-1))
+                shown = ((lq[0].float().cpu() + 1) / 2).clamp(0, 1)
+                logger.images(step, f"val/{i}", torch.cat([shown, restored, item["gt"]], dim=-1))
     net.train()
     return {f"val/{k}": float(sum(v) / len(v)) for k, v in scores.items()}
 
@@ -202,6 +203,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        if world > 1:
+            print(f"distributed: {world} processes ({accel.distributed_type}), {tc.batch_size // world} per process")
 
     model, opt = accel.prepare(model, opt)
     logger = _Logger(run_dir, main)
@@ -216,7 +219,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
         state = {"step": step, "config": to_dict(cfg), "optimizer": opt_meta, "bad_steps": bad_total,
                  "rng": {"scheme": "every generator is reseeded from (seed, step, rank) each step",
                          "seed": cfg.seed},
-                 "versions": {"irdiff": irdiff.__version__, "torch": torch.__version__}, "metrics": last_metrics}
+                 "versions": {"irdiff": irdiff.__version__, "torch": torch.__version__}, "metrics": last_metrics,
+                 "world_size": world, "distributed_type": str(accel.distributed_type)}
         save_checkpoint(run_dir, step, {"model": unwrapped.state_dict(), "ema": ema.state_dict(),
                                         "optimizer": opt_tensors}, state, keep=tc.keep_ckpts)
 

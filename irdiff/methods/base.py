@@ -58,6 +58,14 @@ class Method:
             **kwargs,
         )
 
+    def degraded_input(self, gt: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+        """The image sampling starts from, for a pair from the data pipeline (default: its lq).
+
+        Methods whose degradation is part of the method (Cold Diffusion's blur, mask, pixelate,
+        snow) build it themselves from gt, so validation sees the same D as training.
+        """
+        return lq
+
     def inference_net(self, model: nn.Module) -> nn.Module:
         """The part of the trained module used at inference (Noise-DA drops its diffusion net)."""
         return model

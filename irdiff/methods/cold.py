@@ -110,6 +110,9 @@ class ColdDiffusion(Method):
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels
 
+    def degraded_input(self, gt: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+        return lq if self.degradation == "interp" else self.degrade(gt, self.num_steps)
+
     # --- the degradation ------------------------------------------------------------------------
     def degrade(self, x0: torch.Tensor, s: int | torch.Tensor, lq: torch.Tensor | None = None
                 ) -> torch.Tensor:

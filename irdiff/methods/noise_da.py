@@ -17,8 +17,12 @@ the DANN-style ramp of the reference (which counts epochs; we count iterations).
 runs; the export holds R alone.
 
 Differences from the reference code: images live in [−1, 1] here for every task (the reference
-denoises in [0, 1]); the ramp is in iterations, given as a fraction of the run when ``ramp_steps`` is
-None; the batch's ``progress`` entry (step / total steps, set by the trainer) drives it.
+denoises in [0, 1], so there our Charbonnier term is about twice the reference's for the same error and
+λ_dif = 0.4 reproduces its denoising balance; deraining/deblurring already ran in [−1, 1]); t is drawn
+from {1..T} (the reference: {1..T−1}); the ramp counts iterations, not epochs: p = step / ramp_steps,
+or step / train.steps when ``ramp_steps`` is None (then resuming with another train.steps changes the
+ramp, as it changes a cosine learning rate). The trainer's ``progress`` / ``total_steps`` batch entries
+carry the step. ``loss_terms`` returns every term for tests and diagnostics; ``loss`` their total.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from irdiff.methods.base import Callback, Method, gather, linear_betas, per_sample_mean, randint, randn_like
+from irdiff.methods.base import Callback, Method, gather, linear_betas, per_sample_mean, rand, randint, randn_like
 from irdiff.methods.regression import charbonnier
 from irdiff.registry import METHODS, NETS
 
@@ -92,25 +96,52 @@ class NoiseDA(Method):
         return inner["restorer"], inner["diffusion"]
 
     def sample_gamma(self, t: torch.Tensor, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-        """γ ~ U(ᾱ_t, ᾱ_{t−1}) per sample, drawn in float64."""
-        lo = torch.from_numpy(self.alpha_bar)[t.cpu()]
-        hi = torch.from_numpy(self.alpha_bar)[t.cpu() - 1]
-        u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float64).cpu()
+        """γ ~ U(ᾱ_t, ᾱ_{t−1}) per sample, drawn in float64 (u on the generator's device, like every draw)."""
+        ab = torch.from_numpy(self.alpha_bar)
+        lo, hi = ab[t.detach().long().cpu()], ab[t.detach().long().cpu() - 1]
+        u = rand(t.shape[0], generator, like.device).cpu()
         return (lo + (hi - lo) * u).to(device=like.device, dtype=like.dtype)
 
-    def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def ramp(self, batch: dict[str, torch.Tensor]) -> float:
+        """w(p) for this batch. p = step / ramp_steps (clipped to 1) when ``ramp_steps`` is set, else the
+        fraction of the run done (step / total steps); a batch without ``progress`` gets p = 1.
+
+        The step is recovered as an integer from (progress, total_steps), so with ``ramp_steps`` set the
+        weight does not depend on train.steps and a run resumed with more steps keeps its ramp exactly.
+        """
+        progress = batch.get("progress")
+        if progress is None:
+            return ramp_weight(1.0, self.lambda_dif)
+        p = float(progress.flatten()[0])
+        total = batch.get("total_steps")
+        if self.ramp_steps and total is not None:
+            step = round(p * float(total.flatten()[0]))
+            p = step / self.ramp_steps
+        return ramp_weight(min(1.0, max(0.0, p)), self.lambda_dif)
+
+    def _swap_mask(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        if not self.channel_shuffle:
+            return torch.zeros(n, dtype=torch.bool, device=device)
+        return rand(n, generator, device) < 0.5
+
+    def loss_terms(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every term of the objective, per sample (B,) except the batch-level triplet and w (scalars).
+
+        Keys: ``pix``, ``w``, and unless λ_dif = 0: ``dif``, ``mse_pos``, ``gamma``, ``swap`` and, with the
+        contrastive term, ``mse_neg``, ``tri``, ``swap_neg``. ``loss`` = pix + w·dif.
+        """
         restorer, diffusion = self._parts(net)
         x_s, y, x_r = batch["lq"], batch["gt"], batch["real"]
         B = y.shape[0]
         r_s, r_r = restorer(x_s, None), restorer(x_r, None)
         yhat_s, yhat_r = x_s + r_s, x_r + r_r
-        l_pix = per_sample_mean(charbonnier(yhat_s - y, self.charbonnier_eps))
-        progress = batch.get("progress")
-        p = float(progress.flatten()[0]) if progress is not None else 1.0
-        w = ramp_weight(min(1.0, p * self._ramp_scale(batch)), self.lambda_dif)
-        if self.lambda_dif == 0:
-            return l_pix
+        out: dict[str, torch.Tensor] = {"pix": per_sample_mean(charbonnier(yhat_s - y, self.charbonnier_eps))}
+        w = self.ramp(batch)
+        out["w"] = torch.tensor(w, dtype=y.dtype, device=y.device)
+        if self.lambda_dif == 0:  # the synthetic-only baseline: the diffusion net is not even run
+            out["loss"] = out["pix"]
+            return out
 
         if t is None:
             t = randint(1, self.T, B, generator, y.device)
@@ -118,28 +149,25 @@ class NoiseDA(Method):
         eps = noise if noise is not None else randn_like(y, generator)
         g4 = gamma.view(-1, 1, 1, 1)
         y_noisy = g4.sqrt() * y + (1 - g4).sqrt() * eps
-        swap = (torch.rand((B,), generator=generator, device=y.device) < 0.5) if self.channel_shuffle \
-            else torch.zeros(B, dtype=torch.bool, device=y.device)
+        swap = self._swap_mask(B, generator, y.device)
         eps_pos = diffusion(y_noisy, gamma, shuffle_slots(yhat_s, yhat_r, swap))
-        mse_pos = per_sample_mean((eps_pos - eps) ** 2)
+        out.update(gamma=gamma, swap=swap, mse_pos=per_sample_mean((eps_pos - eps) ** 2))
         if self.contrastive:
-            swap_neg = (torch.rand((B,), generator=generator, device=y.device) < 0.5) if self.channel_shuffle \
-                else torch.zeros(B, dtype=torch.bool, device=y.device)
+            swap_neg = self._swap_mask(B, generator, y.device)
+            # residuals swapped across domains; the same ε and γ (hence the same ỹ_γ) as the positives
             eps_neg = diffusion(y_noisy, gamma, shuffle_slots(x_s + r_r, x_r + r_s, swap_neg))
-            mse_neg = per_sample_mean((eps_neg - eps) ** 2)
+            out.update(swap_neg=swap_neg, mse_neg=per_sample_mean((eps_neg - eps) ** 2))
             # batch-mean distances, as the reference; broadcast so the batch mean of the result is exact
-            l_tri = torch.relu(mse_pos.mean() - mse_neg.mean() + self.margin)
-            l_dif = (mse_pos + l_tri) / 2
+            out["tri"] = torch.relu(out["mse_pos"].mean() - out["mse_neg"].mean() + self.margin)
+            out["dif"] = (out["mse_pos"] + out["tri"]) / 2
         else:
-            l_dif = mse_pos
-        return l_pix + w * l_dif
+            out["dif"] = out["mse_pos"]
+        out["loss"] = out["pix"] + w * out["dif"]
+        return out
 
-    def _ramp_scale(self, batch: dict[str, torch.Tensor]) -> float:
-        """progress is step / total_steps; with ramp_steps set, rescale so p = step / ramp_steps."""
-        total = batch.get("total_steps")
-        if self.ramp_steps and total is not None:
-            return float(total.flatten()[0]) / self.ramp_steps
-        return 1.0
+    def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss_terms(net, batch, generator, t, noise)["loss"]
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
