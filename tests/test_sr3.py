@@ -27,7 +27,7 @@ class OracleEps(nn.Module):
 
     def forward(self, x, level, cond=None):
         self.levels.append(level.clone())
-        g = level.to(torch.float64).view(-1, 1, 1, 1)
+        g = 1 - level.to(torch.float64).view(-1, 1, 1, 1) ** 2  # the net is fed √(1−γ)
         return ((x.double() - g.sqrt() * self.x0.double()) / (1 - g).sqrt()).to(x.dtype)
 
 
@@ -39,7 +39,7 @@ class GaussianDataEps(nn.Module):
         self.var = sigma_d**2
 
     def forward(self, x, level, cond=None):
-        g = level.to(x.dtype).view(-1, 1, 1, 1)
+        g = 1 - level.to(x.dtype).view(-1, 1, 1, 1) ** 2  # the net is fed √(1−γ)
         return (1 - g).sqrt() * x / (g * self.var + 1 - g)
 
 
@@ -154,8 +154,11 @@ def test_loss_feeds_gamma_and_noisy_input():
     assert loss.shape == (4,)
     x_in, level, cond = net.calls[0]
     ab = torch.from_numpy(m.alpha_bar).float()
-    assert level.shape == (4,) and torch.all(level <= ab[t - 1]) and torch.all(level >= ab[t])
+    assert level.shape == (4,)
+    lo, hi = m.net_level(ab[t - 1].double()).float(), m.net_level(ab[t].double()).float()
+    assert torch.all(level >= lo) and torch.all(level <= hi)  # √(1−γ) rises as γ falls
     g = m.sample_gamma(t, gen(8)).float().view(-1, 1, 1, 1)  # same generator state: same γ
+    torch.testing.assert_close(level, m.net_level(g.flatten().double()).float())
     torch.testing.assert_close(x_in, g.sqrt() * x0 + (1 - g).sqrt() * eps)
     assert torch.equal(cond, lq)
     torch.testing.assert_close(loss, (net(x_in, level, cond) - eps).abs().flatten(1).mean(1))
@@ -244,7 +247,7 @@ def test_sampler_feeds_gamma_of_the_subset():
     x0 = image(b=1)
     net = OracleEps(x0)
     m.sample(net, x0, steps=4, sampler="ddpm", generator=gen(0))
-    expect = m.alpha_bar[[2000, 1500, 1000, 500]]
+    expect = np.sqrt(1 - m.alpha_bar[[2000, 1500, 1000, 500]])
     got = [lv[0].item() for lv in net.levels]
     np.testing.assert_allclose(got, expect, rtol=1e-6)
     assert all(lv.shape == (1,) for lv in net.levels)

@@ -49,6 +49,11 @@ class SR3(Method):
         inpainting: Palette inpainting/uncropping mode (needs ``mask`` in batches and at sampling).
         clip_x0: clamp the predicted y0 to [−1, 1] at every sampling step.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
+        noise_level_input: what the net is fed as its continuous noise level: "noise_std" = √(1−γ)
+            (default) or "gamma" = γ (Palette's convention). Both are the same continuous level,
+            reparametrised; we default to √(1−γ) because the net embeds sinusoids of 1000·value, and
+            γ stays within 1e-4 of 1 for the first ~50 of 2000 steps, so γ-fed nets cannot tell the
+            low-noise levels apart (where the final detail is decided); √(1−γ) spreads them out.
     """
 
     samplers = ("ddim", "ddpm")
@@ -56,7 +61,10 @@ class SR3(Method):
 
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
                  beta_end: float = 1e-2, loss_type: int = 1, inpainting: bool = False, clip_x0: bool = True,
-                 eta: float = 0.0):
+                 eta: float = 0.0, noise_level_input: str = "noise_std"):
+        if noise_level_input not in ("noise_std", "gamma"):
+            raise ValueError(f"noise_level_input must be 'noise_std' or 'gamma', got {noise_level_input!r}")
+        self.noise_level_input = noise_level_input
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if loss_type not in (1, 2):
@@ -132,7 +140,7 @@ class SR3(Method):
         cond = self.net_cond(lq, mask, generator)
         if self.inpainting:
             x_t = torch.where(mask.to(x0.device) > 0.5, x_t, x0)
-        pred = net(x_t, gamma.to(device=x0.device, dtype=x0.dtype), cond)
+        pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), cond)
         err = (pred - noise).abs() if self.loss_type == 1 else (pred - noise) ** 2
         if not self.inpainting:
             return err.flatten(1).mean(1)
@@ -153,6 +161,11 @@ class SR3(Method):
         return fn(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
 
     # --- helpers --------------------------------------------------------------------------------
+    def net_level(self, gamma: torch.Tensor | float) -> torch.Tensor:
+        """The net's noise-level input for level γ (computed in float64): √(1−γ) or γ."""
+        g = torch.as_tensor(gamma, dtype=torch.float64)
+        return (1 - g).clamp_min(0).sqrt() if self.noise_level_input == "noise_std" else g
+
     def _noisy(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         # coefficients in float64, cast once
         shape = (-1,) + (1,) * (x0.dim() - 1)
@@ -164,7 +177,7 @@ class SR3(Method):
     def predict(self, net: nn.Module, x: torch.Tensor, gamma: float, cond: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, ŷ0) at level γ; ŷ0 clamped when ``clip_x0`` and ε̂ then made consistent with it."""
-        level = torch.full((x.shape[0],), gamma, device=x.device, dtype=x.dtype)
+        level = torch.full((x.shape[0],), float(self.net_level(gamma)), device=x.device, dtype=x.dtype)
         eps = net(x, level, cond)
         x0 = (x - math.sqrt(1 - gamma) * eps) / math.sqrt(gamma)
         if self.clip_x0:
