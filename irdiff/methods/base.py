@@ -11,7 +11,7 @@ Noise-DA, ``real`` (unpaired real degraded images).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,19 @@ def step_indices(total: int, steps: int) -> list[int]:
     steps = min(steps, total)
     idx = np.round(np.linspace(total, 0, steps + 1)).astype(int)
     return [int(i) for i in idx]
+
+
+Steps = int | Sequence[int]  # a step count, or an explicit decreasing list of steps ending at 0
+
+
+def timesteps(T: int, steps: Steps) -> list[int]:
+    """An int -> evenly spaced T..0; a sequence -> that decreasing list of steps (must end at 0)."""
+    if isinstance(steps, int | np.integer):
+        return step_indices(T, int(steps))
+    ts = [int(t) for t in steps]
+    if len(ts) < 2 or ts[-1] != 0 or ts[0] > T or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"steps must be an int or a strictly decreasing list from <= {T} to 0, got {ts}")
+    return ts
 
 
 # ---- float64 schedules ---------------------------------------------------------------------------

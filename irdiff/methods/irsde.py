@@ -23,7 +23,6 @@ Differences from the reference code (deliberate):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,15 +32,14 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    Steps,
     gather,
     per_sample_mean,
     randint,
     randn_like,
-    step_indices,
+    timesteps,
 )
 from irdiff.registry import METHODS
-
-Steps = int | Sequence[int]  # a step count, or an explicit decreasing list of steps ending at 0
 
 
 def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray:
@@ -57,16 +55,6 @@ def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray
     if name == "constant":
         return np.ones(T + 1, dtype=np.float64)
     raise ValueError(f"unknown theta schedule {name!r}; known: cosine, linear, constant")
-
-
-def _timesteps(T: int, steps: Steps) -> list[int]:
-    """An int -> evenly spaced T..0; a sequence -> that decreasing list of steps (must end at 0)."""
-    if isinstance(steps, int | np.integer):
-        return step_indices(T, int(steps))
-    ts = [int(t) for t in steps]
-    if len(ts) < 2 or ts[-1] != 0 or ts[0] > T or any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"steps must be an int or a strictly decreasing list from <= {T} to 0, got {ts}")
-    return ts
 
 
 @METHODS.register("irsde")
@@ -215,7 +203,7 @@ def posterior_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: to
     With a perfect ε̂ this is exact for any step subset (no discretisation error), so few steps work.
     """
     eta = method.eta if eta is None else float(eta)
-    ts = _timesteps(method.num_steps, steps)
+    ts = timesteps(method.num_steps, steps)
     mu, x = cond, x_T
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0_hat = method.predict_x0(x, mu, method.predict_noise(net, x, mu, t), t)
@@ -237,7 +225,7 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         ODE: x_s = x_t − Δ (μ − x_t) +  λ²Δ·score
     First order: with T steps it matches the reference; with fewer, the error grows (use "posterior").
     """
-    ts = _timesteps(method.num_steps, steps)
+    ts = timesteps(method.num_steps, steps)
     mu, x, lam2 = cond, x_T, method.lam**2
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         delta = float(method.theta_bar[t] - method.theta_bar[s])

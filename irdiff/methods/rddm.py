@@ -20,7 +20,6 @@ Variants (``mode``): "res_noise" (SM-Res-N, one net with 2C outputs: residual fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,15 +29,14 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    Steps,
     gather,
     per_sample_mean,
     randint,
     randn_like,
-    step_indices,
+    timesteps,
 )
 from irdiff.registry import METHODS
-
-Steps = int | Sequence[int]  # a step count, or an explicit decreasing list of steps ending at 0
 
 MODES = ("res_noise", "res", "noise")
 SCHEDULES = ("decreased", "increased", "average")
@@ -58,16 +56,6 @@ def coefficients(T: int, schedule: str) -> np.ndarray:
     else:
         raise ValueError(f"unknown RDDM schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     return np.concatenate([[0.0], w / w.sum()])
-
-
-def _timesteps(T: int, steps: Steps) -> list[int]:
-    """An int -> evenly spaced T..0; a sequence -> that decreasing list of steps (must end at 0)."""
-    if isinstance(steps, int | np.integer):
-        return step_indices(T, int(steps))
-    ts = [int(t) for t in steps]
-    if len(ts) < 2 or ts[-1] != 0 or ts[0] > T or any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"steps must be an int or a strictly decreasing list from <= {T} to 0, got {ts}")
-    return ts
 
 
 @METHODS.register("rddm")
@@ -227,7 +215,7 @@ def ddim_sampler(method: RDDM, net: nn.Module, x_T: torch.Tensor, cond: torch.Te
     η = 1 on consecutive steps is the ancestral sampler (σ² is then the posterior variance).
     """
     eta = method.eta if eta is None else float(eta)
-    ts = _timesteps(method.num_steps, steps)
+    ts = timesteps(method.num_steps, steps)
     x = x_T
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         res, eps, x0 = method.predict(net, x, cond, t, clip=method.clip_denoised)
