@@ -48,6 +48,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run's files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,6 +92,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     final = ckpt_root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp_step_{step:08d}_"))
     try:
+        os.chmod(tmp, 0o755)
         for name, sd in tensors.items():
             save_file(_contiguous(sd), str(tmp / f"{name}.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
