@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -37,71 +41,178 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_restore(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="restore image files, folders or globs")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p = sub.add_parser("restore", help="restore image files, folders or globs",
+                       description="Restore images. OUT is a file for one input file (its extension picks the "
+                       "format), a directory otherwise (NAME.png per input; 16-bit inputs give 16-bit PNGs). "
+                       "Inputs are never overwritten. Exit status 0 only if every input was restored.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output file (one input file) or directory")
     p.add_argument("--model", default="denoise",
-                   help="bundled model name or a run directory (default: denoise)")
+                   help="bundled model name or a run directory (default: denoise; `irdiff info` lists them)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--sampler", help="sampler name (default: the method's)")
-    p.add_argument("--tile", type=int, help="tile size in px for large images (memory stays flat)")
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--tile", type=int, default=512,
+                   help="tile size in output px; memory stays flat in image size (default 512; 0: whole image)")
+    p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring tiles (default 32)")
+    p.add_argument("--tile-batch", type=int, help="tiles per forward pass (default: 512² px per pass on the CPU,"
+                   " 1024² on a GPU)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (diffusion methods)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse larger images (decompression-bomb guard; default: about 89.5 megapixels)")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _expand_inputs(inputs: list[str]) -> list[Path]:
+def _is_glob(item: str) -> bool:
+    return any(c in item for c in "*?[")
+
+
+def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files to restore (in order, each once) and one-line errors for items that name none."""
     import glob
 
     from irdiff.data.io import IMAGE_EXTS
 
     files: list[Path] = []
+    errors: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTS)
-        elif any(c in item for c in "*?["):
-            files += sorted(Path(f) for f in glob.glob(item))
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                errors.append(f"{item}: folder holds no image ({', '.join(IMAGE_EXTS)})")
+            files += found
+        elif _is_glob(item) and not p.exists():
+            found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())
+            if not found:
+                errors.append(f"{item}: no file matches")
+            files += found
         else:
-            files.append(p)  # missing files are reported per file below
-    return files
+            files.append(p)  # a missing or unreadable file is reported when it is read
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, errors
+
+
+def _targets(files: list[Path], inputs: list[str], out_arg: str) -> list[Path]:
+    """Output path per input: OUT itself for one input file (unless OUT is a directory or has no
+    extension), else OUT/NAME.png with unique names."""
+    from irdiff.data.io import IMAGE_EXTS
+
+    out = Path(out_arg)
+    single = (len(inputs) == 1 and len(files) == 1 and not Path(inputs[0]).is_dir()
+              and not (_is_glob(inputs[0]) and not Path(inputs[0]).exists()))
+    if single and not out.is_dir() and not out_arg.endswith(("/", "\\")) and out.suffix:
+        if out.suffix.lower() not in IMAGE_EXTS:
+            raise ValueError(f"{out}: output file needs an image extension ({', '.join(IMAGE_EXTS)})")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory (several inputs need an output directory)")
+    used: set[str] = set()
+    targets = []
+    for f in files:
+        name, n = f"{f.stem}.png", 0
+        while name.lower() in used:  # a.png and a.jpg, or equal names in two folders
+            n += 1
+            name = f"{f.stem}_{n}.png"
+        used.add(name.lower())
+        targets.append(out / name)
+    return targets
+
+
+def _read_native(path: Path, max_pixels: int | None) -> np.ndarray:
+    """Decode an image to its own dtype (uint8 / uint16 / float32), H x W x C (C = 1 or 3).
+
+    read_image's checks and decoders, but without its float32 copy: tiled restoration then holds the
+    image at 1 or 2 bytes per sample, whatever its size.
+    """
+    from irdiff.data import io as imio
+
+    if max_pixels is None:
+        max_pixels = imio.DEFAULT_MAX_PIXELS
+    if not path.exists():
+        raise imio.ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise imio.ImageReadError(path, "is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise imio.ImageReadError(path, f"{type(e).__name__}: {e.strerror or e}") from e
+    if not data:
+        raise imio.ImageReadError(path, "empty file")
+    if data.startswith(imio._PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
+        return imio._decode_png16(path, data, max_pixels)
+    return imio._decode_pil(path, data, max_pixels)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().strip("\"'")
+    return " ".join(msg.split()) if msg else type(e).__name__
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    import time
+
     import torch
     from tqdm import tqdm
 
-    from irdiff.data.io import read_image, write_image
+    from irdiff.data.io import write_image
     from irdiff.inference import load
 
-    files = _expand_inputs(args.inputs)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if args.tile < 0:
+        raise ValueError(f"--tile must be >= 0, got {args.tile}")
+    files, errors = _expand_inputs(args.inputs)
+    for msg in errors:
+        print(f"irdiff: error: {msg}", file=sys.stderr)
     if not files:
-        raise ValueError(f"no input images found in {' '.join(args.inputs)}")
-    out = Path(args.out)
-    single = len(files) == 1 and not Path(args.inputs[0]).is_dir() and out.suffix != ""
+        print("irdiff: error: no input images", file=sys.stderr)
+        return 1
+    targets = _targets(files, args.inputs, args.out)
     restorer = load(args.model, device=args.device)
     inputs = {f.resolve() for f in files}
-    failed = 0
-    for f in tqdm(files, disable=args.no_progress or len(files) == 1, desc="images"):
-        target = out if single else out / (f.stem + ".png")
+    failed = len(errors)
+    show = not args.no_progress
+    images = tqdm(list(zip(files, targets)), disable=not show or len(files) == 1, desc="images", unit="img")
+    for f, target in images:
+        t0 = time.time()
         try:
-            if target.resolve() in inputs:
-                raise ValueError(f"{target}: refusing to overwrite an input")
-            img = read_image(f)
+            if target.resolve() in inputs or (target.exists() and any(_same(target, i) for i in inputs)):
+                raise ValueError(f"{target}: refusing to overwrite an input image")
+            arr = _read_native(f, args.max_pixels)
             g = torch.Generator(device=args.device)
             g.manual_seed(args.seed)
-            res = restorer.restore_tensor(img, steps=args.steps, tile=args.tile, overlap=args.overlap,
-                                          generator=g, sampler=args.sampler, progress=not args.no_progress)
-            write_image(target, res)
-            print(f"{f} -> {target}")
-        except (ValueError, OSError) as e:
+            res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,
+                                   generator=g, sampler=args.sampler, tile_batch=args.tile_batch,
+                                   progress=show)
+            bits = 16 if res.dtype.kind == "u" and res.dtype.itemsize == 2 and target.suffix.lower() == ".png" else 8
+            write_image(target, res, bits=bits)
+            if show or len(files) > 1:
+                tqdm.write(f"{f} -> {target} ({res.shape[1]}x{res.shape[0]}, {time.time() - t0:.1f} s)")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one bad file must not stop the batch
             failed += 1
-            print(f"irdiff: error: {e}", file=sys.stderr)
+            msg = _one_line(e)
+            tqdm.write(f"irdiff: error: {msg if str(f) in msg else f'{f}: {msg}'}", file=sys.stderr)
+    total = len(files) + len(errors)
     if failed:
-        print(f"irdiff: {failed} of {len(files)} inputs failed", file=sys.stderr)
+        print(f"irdiff: {failed} of {total} inputs failed; {total - failed} restored", file=sys.stderr)
         return 1
     return 0
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -134,19 +245,35 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="omit to list bundled models")
 
 
+def _flat_metrics(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rows += _flat_metrics(v, f"{prefix}{k}/")
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from irdiff.inference import pretrained_names, resolve_model
 
     if not args.model:
         print("bundled models: " + (", ".join(pretrained_names()) or "none"))
         return 0
-    _, where, meta = resolve_model(args.model)
+    weights, where, meta = resolve_model(args.model)
     card = where / "card.md"
     if card.is_file():
-        print(card.read_text(), end="")
+        print(card.read_text(), end="" if card.read_text().endswith("\n") else "\n")
+        return 0
     cfg = meta["config"]
+    train = cfg.get("data", {}).get("train", {})
+    print(f"# {cfg.get('name', where.name)}")
+    print(f"weights: {weights}")
     print(f"method: {cfg['method']['name']}  net: {cfg['net']['name']}  step: {meta.get('step')}")
-    for k, v in (meta.get("metrics") or {}).items():
+    print(f"training data: {train.get('gt_dir') or train.get('name')}  degradation: {train.get('degradation')}"
+          f"  scale: {train.get('scale', 1)}")
+    for k, v in _flat_metrics(meta.get("metrics") or {}):
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 

@@ -1,15 +1,31 @@
 """Inference: load a trained run or a bundled model, restore images of any size with blended tiles.
 
 ``irdiff.load(run_dir_or_name) -> Restorer``; ``Restorer.restore(image, ...)`` accepts numpy arrays
-(HxW, HxWxC; uint8, uint16 or float in [0, 1]), PIL images, or tensors ((C,H,W) / (B,C,H,W) floats in
-[0, 1]) and returns the same type, layout and size (times the model's scale for SR). Only safetensors
-and JSON are read.
+(HxW, HxWx1/2/3/4; uint8, uint16 or float in [0, 1]), PIL images, or tensors ((C,H,W) / (B,C,H,W),
+float in [0, 1] or uint8) and returns the same type, dtype, layout and device, at the model's scale
+times the input size (SR models). Only safetensors and JSON are read.
+
+Alpha (the 2nd of 2 or the 4th of 4 channels) is passed through (bicubic-resized for SR). A grey
+image is fed to a colour model as three equal channels and the mean of the restored channels is
+returned; a colour image is fed to a grey model one channel at a time.
+
+Tiling (``tile=N``; by default, images above 1024² output px use 512-px tiles): the output plane
+is cut into tiles of N px whose starts are aligned to the net's down-sampling multiple (so strided
+convolutions see the same grid as on the whole image), overlapping by at least ``overlap`` px (as
+few tiles as that needs, spread evenly). Each tile's weight is zero over the outer quarter of every
+overlap that faces a neighbour (where the tile's zero/reflect padding would show), then ramps
+linearly to one; weights are normalised per axis, so they sum to exactly one everywhere. Tiles are
+batched through the net and rows are finished strip by strip: memory holds the input, the output
+(both in their own dtype) and one strip of float32 accumulators, never a full-size float copy. Nets
+that pool over the whole input (NAFNet's channel attention) see per-tile statistics, so their tiled
+output differs slightly from the whole.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +38,16 @@ from irdiff.config import Config, from_dict
 from irdiff.methods.base import Method
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+# LR pixels read beyond an SR tile so that per-tile bicubic upsampling equals the whole-image one
+# (MATLAB's bicubic reaches 2 input px either side of an output pixel).
+_SR_MARGIN = 4
+# finished output rows are converted to the output dtype this many at a time (small temporaries)
+_WRITE_ROWS = 64
+# tile=None: restore images of up to this many output px whole, larger ones in tiles of _AUTO_TILE
+_AUTO_WHOLE_PX = 1024 * 1024
+_AUTO_TILE = 512
+
+__all__ = ["PRETRAINED_DIR", "Restorer", "load", "pretrained_names", "resolve_model", "tile_grid"]
 
 
 def pretrained_names() -> list[str]:
@@ -31,18 +57,22 @@ def pretrained_names() -> list[str]:
 
 
 def resolve_model(name_or_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
-    """Find (weights file, weights key set, metadata) for a bundled name, a run dir or an export dir."""
+    """Find (weights file, model folder, metadata) for a bundled name, a run dir or an export dir."""
     p = Path(name_or_dir)
     if not p.exists() and str(name_or_dir) in pretrained_names():
         p = PRETRAINED_DIR / str(name_or_dir)
     if not p.exists():
         known = ", ".join(pretrained_names()) or "none bundled"
         raise CheckpointError(f"{name_or_dir}: no such run directory or bundled model (bundled: {known})")
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a directory (give a run directory or a bundled model name)")
     if (p / "model.json").is_file() and (p / "model.safetensors").is_file():
         try:
             meta = json.loads((p / "model.json").read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{p / 'model.json'}: invalid JSON ({e.msg})") from None
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise CheckpointError(f"{p / 'model.json'}: has no 'config'")
         return p / "model.safetensors", p, meta
     ckpt = latest_checkpoint(p)
     if ckpt is None:
@@ -52,145 +82,366 @@ def resolve_model(name_or_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
                                          "metrics": state.get("metrics", {}), "from_checkpoint": True}
 
 
+def model_scale(cfg: Config) -> int:
+    """Output size / input size: data.train.scale, or the scale of a bicubic_down degradation."""
+    spec = cfg.data.train
+    if spec.scale > 1:
+        return int(spec.scale)
+    deg = spec.degradation or {}
+    if deg.get("name") == "bicubic_down":
+        return int(deg.get("scale", 4))
+    return 1
+
+
+# ---------------------------------------------------------------------------------------- tiling
+
+
+def _axis_tiles(size: int, tile: int | None, overlap: int, multiple: int) -> list[tuple[int, int]]:
+    """(start, end) of the tiles along one axis: as few as give every neighbour pair `overlap` px,
+    spread evenly, starts on multiples of `multiple`; the last ends at `size` (up to tile + multiple - 1
+    long, so that it needs no padding the whole image would not have had)."""
+    if tile is None or size <= tile:
+        return [(0, size)]
+    last = (size - tile) // multiple * multiple
+    if last == 0:
+        return [(0, size)]
+    n = max(2, math.ceil((size - overlap) / (tile - overlap)))
+    while True:
+        starts = sorted({k * last // (n - 1) // multiple * multiple for k in range(n - 1)} - {last})
+        spans = [(a, a + tile) for a in starts] + [(last, size)]
+        if all(b1 - a2 >= overlap for (_, b1), (a2, _) in zip(spans, spans[1:])) or n > size:
+            return spans
+        n += 1
+
+
+def _axis_weights(spans: list[tuple[int, int]], size: int, overlap: int) -> list[torch.Tensor]:
+    """Per-tile 1-D blending weights, normalised so that they sum to one at every position.
+
+    Across each overlap of `ov` px with a neighbour, a tile's weight is 0 over the outer ov // 4 px
+    (where its own border padding shows), then a linear ramp, complementary to the neighbour's.
+    """
+    total = torch.zeros(size, dtype=torch.float64)
+    raw = []
+    for k, (a, b) in enumerate(spans):
+        w = torch.ones(b - a, dtype=torch.float64)
+        i = torch.arange(b - a, dtype=torch.float64)
+        if k > 0 and overlap > 0:  # a neighbour before: fade in
+            ov = spans[k - 1][1] - a
+            m = ov // 4
+            w = torch.minimum(w, ((i - m + 0.5) / max(ov - 2 * m, 1)).clamp(0, 1))
+        if k < len(spans) - 1 and overlap > 0:  # a neighbour after: fade out
+            ov = b - spans[k + 1][0]
+            m = ov // 4
+            w = torch.minimum(w, ((b - a - 1 - i - m + 0.5) / max(ov - 2 * m, 1)).clamp(0, 1))
+        raw.append(w)
+        total[a:b] += w
+    if bool((total <= 0).any()):  # cannot happen with the spans above; guard the division anyway
+        raise ValueError(f"tiling leaves pixels without weight (size {size}, spans {spans})")
+    return [(w / total[a:b]).float() for w, (a, b) in zip(raw, spans)]
+
+
+def tile_grid(height: int, width: int, tile: int | None, overlap: int, multiple: int = 1
+              ) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of every tile in raster order (for tests and progress estimates)."""
+    return [(y0, y1, x0, x1) for y0, y1 in _axis_tiles(height, tile, overlap, multiple)
+            for x0, x1 in _axis_tiles(width, tile, overlap, multiple)]
+
+
+# --------------------------------------------------------------------------- sources and sinks
+# A source reads an input box as float32 (C, h, w) in [0, 1] (floats are not clipped: noisy inputs
+# may leave [0, 1]); a sink stores finished output rows given as float32 (C, h, W).
+
+
+def _np_source(arr: np.ndarray) -> Callable[[int, int, int, int], torch.Tensor]:
+    div = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype)
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        t = arr[y0:y1, x0:x1]
+        t = t[..., None] if t.ndim == 2 else t
+        x = torch.from_numpy(np.ascontiguousarray(t.transpose(2, 0, 1), dtype=np.float32))
+        return x / div if div else x
+
+    return read
+
+
+def _np_sink(out: np.ndarray) -> Callable[[int, int, torch.Tensor], None]:
+    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(out.dtype)
+
+    def write(y0: int, y1: int, rows: torch.Tensor) -> None:
+        rows = rows.clamp_(0, 1)
+        if top:
+            rows = rows.mul_(top).round_()
+        x = rows.numpy().transpose(1, 2, 0)
+        out[y0:y1] = x[..., 0] if out.ndim == 2 else x  # numpy casts to out's dtype
+
+    return write
+
+
+def _torch_source(img: torch.Tensor) -> Callable[[int, int, int, int], torch.Tensor]:
+    def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        x = img[:, y0:y1, x0:x1].detach().to("cpu", torch.float32)
+        return x / 255.0 if img.dtype == torch.uint8 else x
+
+    return read
+
+
+def _torch_sink(out: torch.Tensor) -> Callable[[int, int, torch.Tensor], None]:
+    def write(y0: int, y1: int, rows: torch.Tensor) -> None:
+        rows = rows.clamp_(0, 1)
+        if out.dtype == torch.uint8:
+            rows = rows.mul_(255).round_()
+        out[:, y0:y1] = rows.to(out.device, out.dtype)
+
+    return write
+
+
+# ----------------------------------------------------------------------------------------- Restorer
+
+
 class Restorer:
-    """A trained method + its inference network, ready to restore images."""
+    """A trained method + its inference network, ready to restore images of any size."""
 
     def __init__(self, method: Method, net: nn.Module, cfg: Config, meta: dict[str, Any], device: str = "cpu"):
         self.method, self.net, self.cfg, self.meta = method, net.eval(), cfg, meta
         self.device = torch.device(device)
         self.net.to(self.device)
-        self.scale = cfg.data.train.scale
+        self.scale = model_scale(cfg)
+        self.channels = cfg.img_channels
+        # tiles start on the net's down-sampling grid, and on whole LR pixels for SR
+        m = int(getattr(net, "multiple", 1) or 1)
+        self.multiple = m * self.scale // math.gcd(m, self.scale)
 
-    # ---- core: a (B, C, H, W) [0, 1] tensor at output size -> restored tensor -------------------
-    @torch.no_grad()
-    def _restore_tensor(self, lq: torch.Tensor, steps: int | None, sampler: str | None,
-                        generator: torch.Generator | None, callback: Callable | None) -> torch.Tensor:
-        x = lq.to(self.device) * 2 - 1
-        out = self.method.sample(self.net, x, steps=steps, sampler=sampler, generator=generator, callback=callback)
-        return ((out.float() + 1) / 2).clamp(0, 1)
+    def __repr__(self) -> str:
+        return (f"Restorer(method={self.cfg.method['name']}, net={self.cfg.net['name']}, scale={self.scale}, "
+                f"channels={self.channels}, device={self.device})")
 
-    @torch.no_grad()
-    def restore_tensor(self, img: torch.Tensor, steps: int | None = None, tile: int | None = None,
-                       overlap: int = 32, generator: torch.Generator | None = None, sampler: str | None = None,
-                       tile_batch: int = 4, progress: bool = False) -> torch.Tensor:
-        """(C, H, W) float in [0, 1] -> restored (C, sH, sW); tiles of `tile` px blended over `overlap` px."""
-        from irdiff.data.degradations import imresize
-
-        steps = steps if steps is not None else self.cfg.sample.steps
-        sampler = sampler or self.cfg.sample.sampler
-        if self.scale > 1:
-            img = imresize(img, scale=self.scale).clamp(0, 1)
-        C, H, W = img.shape
-        if tile is None or (H <= tile and W <= tile):
-            return self._restore_tensor(img[None], steps, sampler, generator, None)[0].cpu()
-        if overlap * 2 >= tile:
-            raise ValueError(f"overlap {overlap} must be less than half of tile {tile}")
-        tile_h, tile_w = min(tile, H), min(tile, W)
-        ys, xs = _starts(H, tile_h, overlap), _starts(W, tile_w, overlap)
-        window = _window(tile_h, overlap)[:, None] * _window(tile_w, overlap)[None, :]
-        out = torch.zeros(C, H, W)
-        weight = torch.zeros(1, H, W)
-        boxes = [(y, x) for y in ys for x in xs]
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(boxes), disable=not progress, desc="tiles", leave=False)
-        for i in range(0, len(boxes), tile_batch):
-            chunk = boxes[i : i + tile_batch]
-            batch = torch.stack([img[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
-            res = self._restore_tensor(batch, steps, sampler, generator, None).cpu()
-            for (y, x), r in zip(chunk, res):
-                out[:, y : y + tile_h, x : x + tile_w] += r * window
-                weight[:, y : y + tile_h, x : x + tile_w] += window
-            bar.update(len(chunk))
-        bar.close()
-        return out / weight
-
+    # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
                 generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
-                tile_batch: int = 4) -> Any:
-        """Restore a numpy / PIL / tensor image; returns the same type and layout."""
-        kw = dict(steps=steps, tile=tile, overlap=overlap, generator=generator, sampler=sampler,
-                  tile_batch=tile_batch, progress=progress)
-        if torch.is_tensor(image):
-            if image.dim() == 4:
-                return torch.stack([self.restore_tensor(im.float().cpu(), **kw) for im in image]).to(image)
-            if image.dim() == 3:
-                return self.restore_tensor(image.float().cpu(), **kw).to(image)
-            raise ValueError(f"tensor image must be (C,H,W) or (B,C,H,W), got shape {tuple(image.shape)}")
-        from irdiff.data.io import from_numpy
+                tile_batch: int | None = None) -> Any:
+        """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
+        steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
+        px, rounded down to the net's multiple (None: whole image up to 1024² output px, 512-px tiles
+        above; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
+        tile_batch: tiles per forward pass (None: up to 512² px per pass on the CPU, where batching
+        gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
+        """
+        kw = dict(steps=steps, tile=tile, overlap=overlap, generator=generator, progress=progress,
+                  sampler=sampler, tile_batch=tile_batch)
+        if torch.is_tensor(image):
+            return self._restore_torch(image, **kw)
         try:
             from PIL import Image
-
-            is_pil = isinstance(image, Image.Image)
         except ImportError:  # pragma: no cover
-            is_pil = False
-        arr = np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")) if is_pil else np.asarray(image)
-        alpha = arr[..., 3:] if arr.ndim == 3 and arr.shape[2] == 4 else None
-        grey = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1)
-        restored = self.restore_tensor(from_numpy(arr[..., :3] if alpha is not None else arr), **kw)
-        res = restored.permute(1, 2, 0).numpy()
-        if grey:
-            res = res.mean(axis=2, keepdims=arr.ndim == 3)
-        res = _like(res, arr.dtype)
-        if alpha is not None:
-            from irdiff.data.degradations import imresize
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return self._restore_pil(image, **kw)
+        if isinstance(image, np.ndarray):
+            return self._restore_numpy(image, **kw)
+        raise TypeError(f"expected a numpy array, PIL image or torch tensor, got {type(image).__name__}")
 
-            a = alpha
-            if self.scale > 1:
-                a_t = torch.from_numpy(alpha.astype(np.float32)).permute(2, 0, 1)
-                a = imresize(a_t, scale=self.scale).permute(1, 2, 0).numpy().clip(0, np.iinfo(arr.dtype).max
-                                                                                  if arr.dtype.kind == "u" else 1)
-            res = np.concatenate([res, a.astype(res.dtype)], axis=2)
-        if is_pil:
-            from PIL import Image
+    def restore_tensor(self, img: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """(C, H, W) float in [0, 1] -> restored (C, sH, sW) float32 on the CPU (no progress bar)."""
+        kw.setdefault("progress", False)
+        return self.restore(img.detach().to("cpu", torch.float32), **kw)
 
-            return Image.fromarray(res)
-        return res
+    # ---- front ends ------------------------------------------------------------------------------
+    def _restore_numpy(self, arr: np.ndarray, **kw: Any) -> np.ndarray:
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+            raise ValueError(f"expected an HxW or HxWxC array with C in 1..4, got shape {arr.shape}")
+        if arr.dtype not in (np.uint8, np.uint16) and not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+        h, w = arr.shape[:2]
+        c = 1 if arr.ndim == 2 else arr.shape[2]
+        out = np.empty((h * self.scale, w * self.scale) + arr.shape[2:], dtype=arr.dtype)
+        self._run(_np_source(arr), _np_sink(out), h, w, c, **kw)
+        return out
+
+    def _restore_torch(self, img: torch.Tensor, **kw: Any) -> torch.Tensor:
+        if img.dim() not in (3, 4) or img.shape[-3] not in (1, 2, 3, 4):
+            raise ValueError(f"tensor image must be (C,H,W) or (B,C,H,W) with C in 1..4, got {tuple(img.shape)}")
+        if not (img.is_floating_point() or img.dtype == torch.uint8):
+            raise ValueError(f"unsupported tensor dtype {img.dtype} (use float in [0, 1] or uint8)")
+        if img.dim() == 4:
+            return torch.stack([self._restore_torch(im, **kw) for im in img]) if len(img) else img.clone()
+        c, h, w = img.shape
+        out = torch.empty(c, h * self.scale, w * self.scale, dtype=img.dtype, device=img.device)
+        self._run(_torch_source(img), _torch_sink(out), h, w, c, **kw)
+        return out
+
+    def _restore_pil(self, img: Any, **kw: Any) -> Any:
+        from PIL import Image
+
+        mode = img.mode
+        if mode in ("L", "LA", "RGB", "RGBA", "F") or mode.startswith("I;16"):
+            arr = np.asarray(img)
+            arr = arr.astype(np.uint16) if mode.startswith("I;16") else arr
+            return Image.fromarray(self._restore_numpy(arr, **kw))  # the array's dtype/shape give the mode
+        if mode == "I":
+            arr = np.asarray(img)
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise ValueError("PIL mode I image with values outside 0..65535 is not supported")
+            res = self._restore_numpy(arr.astype(np.uint16), **kw)
+            return Image.fromarray(res.astype(np.int32))
+        # palette, 1-bit and other colour spaces: restored as RGB(A) / L; other spaces converted back
+        has_alpha = "A" in img.getbands() or "transparency" in img.info
+        work = {"1": "L", "P": "RGBA" if has_alpha else "RGB", "PA": "RGBA"}.get(mode, "RGB")
+        res = Image.fromarray(self._restore_numpy(np.asarray(img.convert(work)), **kw))
+        if mode in ("1", "P", "PA"):
+            return res
+        try:
+            return res.convert(mode)
+        except ValueError:
+            return res
+
+    # ---- the tiled engine ------------------------------------------------------------------------
+    def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
+             overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
+             tile_batch: int | None) -> None:
+        s = self.scale
+        colour = 1 if c in (1, 2) else 3  # the rest is alpha, passed through
+        H, W = h * s, w * s
+        if h == 0 or w == 0:
+            raise ValueError(f"empty image ({h}x{w})")
+        if tile is None:  # auto: small images whole (exact), large ones tiled (flat memory)
+            tile = None if H * W <= _AUTO_WHOLE_PX else _AUTO_TILE
+        elif tile == 0:
+            tile = None
+        if tile is not None:
+            if tile < 1:
+                raise ValueError(f"tile must be positive, got {tile}")
+            m = self.multiple
+            tile = max(tile // m * m, -(-(overlap + m) // m) * m)  # aligned starts need tile - overlap >= m
+            if not 0 <= overlap < tile / 2:
+                raise ValueError(f"overlap {overlap} must be in [0, tile/2) for tile {tile}")
+        ys, xs = _axis_tiles(H, tile, overlap, self.multiple), _axis_tiles(W, tile, overlap, self.multiple)
+        if tile_batch is None:
+            budget = 2**20 if self.device.type == "cuda" else 2**18
+            tile_batch = max(1, budget // (max(b - a for a, b in ys) * max(b - a for a, b in xs)))
+        if tile_batch < 1:
+            raise ValueError(f"tile_batch must be positive, got {tile_batch}")
+        wy, wx = _axis_weights(ys, H, overlap), _axis_weights(xs, W, overlap)
+        boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+        steps = steps if steps is not None else self.cfg.sample.steps
+        sampler = sampler or self.cfg.sample.sampler
+
+        from tqdm import tqdm
+
+        quick = len(boxes) == 1 and self.method.num_steps == 1  # one forward pass: no bar
+        bar = tqdm(total=len(boxes), disable=not progress or quick, desc="tiles" if len(boxes) > 1 else "restore",
+                   leave=False, unit="tile")
+        acc = torch.zeros(c, 0, W)  # float32 rows [r0, r0 + filled) still receiving tiles
+        r0, filled, done_tiles = 0, 0, 0
+        try:
+            for batch in _batches(boxes, ys, xs, tile_batch):
+                tiles = [self._read_tile(read, ys[i], xs[j], h, w) for i, j in batch]
+
+                def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch)) -> None:
+                    bar.update(k / max(n, 1))
+
+                outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback)
+                del tiles
+                done_tiles += len(batch)
+                bar.n = done_tiles  # exact count, whatever the per-step updates added up to
+                bar.refresh()
+                filled = max([filled] + [ys[i][1] - r0 for i, _ in batch])
+                if filled > acc.shape[1]:  # grow (rarely: the buffer is reused strip after strip)
+                    acc = torch.cat([acc, torch.zeros(c, filled - acc.shape[1], W)], dim=1)
+                for (i, j), o in zip(batch, outs):
+                    (y0, y1), (x0, x1) = ys[i], xs[j]
+                    acc[:, y0 - r0 : y1 - r0, x0:x1].addcmul_(o, wy[i][:, None] * wx[j][None, :])
+                del outs
+                # rows above the next tile's top receive nothing more: finish them, a few at a time
+                done = ys[boxes[done_tiles][0]][0] if done_tiles < len(boxes) else H
+                if done > r0:
+                    for a in range(r0, done, _WRITE_ROWS):
+                        b = min(a + _WRITE_ROWS, done)
+                        write(a, b, acc[:, a - r0 : b - r0])  # the sink may scribble on these rows
+                    keep = filled - (done - r0)
+                    if keep > 0:
+                        acc[:, :keep] = acc[:, done - r0 : filled].clone()
+                    acc[:, max(keep, 0) :].zero_()
+                    r0, filled = done, max(keep, 0)
+        finally:
+            bar.close()
+
+    def _read_tile(self, read: Callable, yspan: tuple[int, int], xspan: tuple[int, int], h: int, w: int
+                   ) -> torch.Tensor:
+        """Input under an output box, at output size (SR: bicubic-upsampled from an LR crop + margin)."""
+        (y0, y1), (x0, x1), s = yspan, xspan, self.scale
+        if s == 1:
+            return read(y0, y1, x0, x1)
+        from irdiff.data.resize import imresize
+
+        ly0, ly1 = max(y0 // s - _SR_MARGIN, 0), min(y1 // s + _SR_MARGIN, h)
+        lx0, lx1 = max(x0 // s - _SR_MARGIN, 0), min(x1 // s + _SR_MARGIN, w)
+        up = imresize(read(ly0, ly1, lx0, lx1), scale=s)
+        oy, ox = y0 - ly0 * s, x0 - lx0 * s
+        return up[:, oy : oy + y1 - y0, ox : ox + x1 - x0].clamp(0, 1)
+
+    @torch.inference_mode()
+    def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
+               generator: torch.Generator | None, callback: Callable) -> torch.Tensor:
+        """(B, C, h, w) input tiles in [0, 1] -> restored (B, C, h, w) float32 on the CPU."""
+        x, alpha = tiles[:, :colour], tiles[:, colour:]
+        b = x.shape[0]
+        if colour == self.channels:
+            inp = x
+        elif colour == 1:
+            inp = x.expand(-1, self.channels, -1, -1)
+        elif self.channels == 1:
+            inp = x.reshape(b * colour, 1, *x.shape[-2:])
+        else:
+            raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
+        inp = inp.to(self.device) * 2 - 1
+        out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
+                                 callback=callback)
+        out = ((out.float() + 1) / 2).clamp_(0, 1).cpu()
+        if colour == 1 and self.channels != 1:
+            out = out.mean(dim=1, keepdim=True)
+        elif self.channels == 1 and colour != 1:
+            out = out.reshape(b, colour, *out.shape[-2:])
+        return torch.cat([out, alpha.clamp(0, 1)], dim=1) if alpha.shape[1] else out
 
 
-def _like(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint8:
-        return (res * 255).round().clip(0, 255).astype(np.uint8)
-    if dtype == np.uint16:
-        return (res * 65535).round().clip(0, 65535).astype(np.uint16)
-    return res.astype(dtype if np.issubdtype(dtype, np.floating) else np.float32)
-
-
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _window(n: int, overlap: int) -> torch.Tensor:
-    """Linear ramps over `overlap` px at both ends, strictly positive so every pixel has weight."""
-    i = torch.arange(n, dtype=torch.float32)
-    if overlap <= 0:
-        return torch.ones(n)
-    return torch.minimum(torch.ones(n), torch.minimum((i + 0.5) / overlap, (n - i - 0.5) / overlap))
+def _batches(boxes: list[tuple[int, int]], ys: list, xs: list, size: int) -> Iterator[list[tuple[int, int]]]:
+    """Consecutive tiles (raster order) of equal shape, at most `size` at a time."""
+    batch: list[tuple[int, int]] = []
+    shape = None
+    for i, j in boxes:
+        sh = (ys[i][1] - ys[i][0], xs[j][1] - xs[j][0])
+        if batch and (sh != shape or len(batch) == size):
+            yield batch
+            batch = []
+        batch.append((i, j))
+        shape = sh
+    if batch:
+        yield batch
 
 
 def load(name_or_dir: str | Path, device: str = "cpu") -> Restorer:
-    """Load a bundled model by name (``denoise``, ``sr4``), a training run directory or an export."""
+    """Load a bundled model by name (``denoise``, ``sr4``), a training run directory or an export.
+
+    Reads only JSON and safetensors. fp16 weights are cast to the net's float32 parameters.
+    """
     from irdiff.train import build_method
 
     weights, _, meta = resolve_model(name_or_dir)
     cfg = from_dict(Config, meta["config"])
     method = build_method(cfg)
-    torch.manual_seed(0)
-    model = method.build_net(dict(cfg.net), cfg.img_channels)
-    net = method.inference_net(model)
+    # parameter init is overwritten by the weights: fork the global RNG so loading never moves it
+    with torch.random.fork_rng(devices=[]):
+        model = method.build_net(dict(cfg.net), cfg.img_channels)
     tensors = load_tensors(weights)
     if meta.get("from_checkpoint"):  # EMA state: the model's weights are under "ema_model."
         tensors = {k[len("ema_model."):]: v for k, v in tensors.items() if k.startswith("ema_model.")}
-        net = model
+        target = model
+    else:
+        target = method.inference_net(model)
     try:
-        net.load_state_dict(tensors)
+        target.load_state_dict(tensors)
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit the configured net ({str(e).splitlines()[0]})") from None
-    if meta.get("from_checkpoint"):
-        net = method.inference_net(net)
+    net = method.inference_net(model) if meta.get("from_checkpoint") else target
     return Restorer(method, net, cfg, meta, device=device)
