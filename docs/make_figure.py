@@ -33,7 +33,8 @@ def row(restorer, clean: torch.Tensor, sigma: float, seed: int) -> tuple[list[np
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("IRDIFF_DATA", HERE.parents[1] / "shared" / "data")))
+    default_data = Path(os.environ.get("IRDIFF_DATA", HERE.parents[1] / "shared" / "data"))
+    ap.add_argument("--data", type=Path, default=default_data)
     ap.add_argument("--model", default="denoise")
     args = ap.parse_args()
     restorer = irdiff.load(args.model)

@@ -299,11 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart):
         add(sub)
+    from irdiff import bench
+
+    bench.add_parser(sub)
     return parser
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from irdiff import bench
+
+    return bench.run(args)
+
+
 COMMANDS = {"train": cmd_train, "restore": cmd_restore, "eval": cmd_eval, "info": cmd_info,
-            "quickstart": cmd_quickstart}
+            "quickstart": cmd_quickstart, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ def test_train_resume_and_eval(tmp_path, image_folder, capsys):
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     # eval: the folder against itself is perfect; against another folder gives finite numbers
-    assert main(["eval", "--pred", str(image_folder), "--gt", str(image_folder), "--json", str(tmp_path / "m.json")]) == 0
+    json_path = str(tmp_path / "m.json")
+    assert main(["eval", "--pred", str(image_folder), "--gt", str(image_folder), "--json", json_path]) == 0
     out = capsys.readouterr().out
     assert "mean" in out and "img0" in out
     res = json.loads((tmp_path / "m.json").read_text())
