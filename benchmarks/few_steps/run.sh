@@ -4,19 +4,19 @@
 # N in {1, 2, 5, 10, 20, 50, 100} sampling steps. Run from anywhere:  bash benchmarks/few_steps/run.sh
 #
 # Environment knobs (defaults = the committed study):
-#   STEPS=800          training steps per method          JOBS=2        trainings / benchmarks in parallel
+#   STEPS=1500         training steps per method          JOBS=2        trainings / benchmarks in parallel
 #   RUNS=runs/few_steps   where the runs go               OUT=benchmarks/few_steps/results
-#   BENCH_STEPS=1,2,5,10,20,50,100                        NICE=19
+#   BENCH_STEPS=1,2,5,10,20,50,100                        NICE=0
 # Re-running resumes unfinished trainings from their checkpoints and redoes the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-STEPS=${STEPS:-800}
+STEPS=${STEPS:-1500}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/few_steps}
 OUT=${OUT:-benchmarks/few_steps/results}
 BENCH_STEPS=${BENCH_STEPS:-1,2,5,10,20,50,100}
-NICE=${NICE:-19}
+NICE=${NICE:-0}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 FEW_STEPS_RUNS="$RUNS"
 
