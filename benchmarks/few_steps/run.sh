@@ -4,14 +4,14 @@
 # N in {1, 2, 5, 10, 20, 50, 100} sampling steps. Run from anywhere:  bash benchmarks/few_steps/run.sh
 #
 # Environment knobs (defaults = the committed study):
-#   STEPS=1500         training steps per method          JOBS=2        trainings / benchmarks in parallel
+#   STEPS=700          training steps per method          JOBS=2        trainings / benchmarks in parallel
 #   RUNS=runs/few_steps   where the runs go               OUT=benchmarks/few_steps/results
 #   BENCH_STEPS=1,2,5,10,20,50,100                        NICE=0
 # Re-running resumes unfinished trainings from their checkpoints and redoes the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-700}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/few_steps}
 OUT=${OUT:-benchmarks/few_steps/results}

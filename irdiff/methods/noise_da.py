@@ -18,16 +18,21 @@ runs; the export holds R alone.
 
 Differences from the reference code: images live in [−1, 1] here for every task (the reference
 denoises in [0, 1], so there our Charbonnier term is about twice the reference's for the same error and
-λ_dif = 0.4 reproduces its denoising balance; deraining/deblurring already ran in [−1, 1]); t is drawn
+λ_dif ≈ 0.4 roughly restores its denoising balance; deraining/deblurring already ran in [−1, 1]); t is drawn
 from {1..T} (the reference: {1..T−1}); the ramp counts iterations, not epochs: p = step / ramp_steps,
 or step / train.steps when ``ramp_steps`` is None (then resuming with another train.steps changes the
 ramp, as it changes a cosine learning rate). The trainer's ``progress`` / ``total_steps`` batch entries
 carry the step. ``loss_terms`` returns every term for tests and diagnostics; ``loss`` their total.
+
+The trained module is a ``NoiseDANet`` (R and ε_θ) whose forward runs the whole step, so that a DDP
+wrapper all-reduces both nets' gradients. With λ_dif = 0, ε_θ gets no gradient (DDP would need
+find_unused_parameters); the ``regression`` method with ``loss_type: charbonnier`` is that baseline.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,10 +53,30 @@ def ramp_weight(p: float | torch.Tensor, lambda_dif: float) -> Any:
 
 def shuffle_slots(a: torch.Tensor, b: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
     """cat([a, b]) per sample, or cat([b, a]) where ``swap`` (B,) is true: the channel-shuffling layer."""
-    s = swap.view(-1, 1, 1, 1).to(a.dtype)
-    first = a * (1 - s) + b * s
-    second = b * (1 - s) + a * s
-    return torch.cat([first, second], dim=1)
+    s = swap.view(-1, 1, 1, 1).bool()
+    return torch.cat([torch.where(s, b, a), torch.where(s, a, b)], dim=1)
+
+
+class NoiseDANet(nn.Module):
+    """R and ε_θ in one module (state-dict keys ``restorer.*``, ``diffusion.*``, as a ModuleDict's).
+
+    ``forward(fn)`` returns ``fn(restorer, diffusion)``: the whole training computation of a step goes
+    through one call of the top-level module, so a DistributedDataParallel wrapper sees its forward
+    and all-reduces both nets' gradients (calling ``ddp.module["restorer"]`` directly would bypass it
+    and leave every rank training its own copy).
+    """
+
+    def __init__(self, restorer: nn.Module, diffusion: nn.Module):
+        super().__init__()
+        self.restorer, self.diffusion = restorer, diffusion
+
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in ("restorer", "diffusion"):
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def forward(self, fn: Callable[[nn.Module, nn.Module], Any]) -> Any:
+        return fn(self.restorer, self.diffusion)
 
 
 @METHODS.register("noise_da")
@@ -85,15 +110,18 @@ class NoiseDA(Method):
         name = d.pop("name")
         diffusion = NETS.build(name, where="method.diffusion_net", in_channels=3 * img_channels,
                                out_channels=img_channels, noise_level_dim=1, **d)
-        return nn.ModuleDict({"restorer": restorer, "diffusion": diffusion})
+        return NoiseDANet(restorer, diffusion)
 
     def inference_net(self, model: nn.Module) -> nn.Module:
-        return model["restorer"] if isinstance(model, nn.ModuleDict) else model
+        return model["restorer"] if isinstance(model, (NoiseDANet, nn.ModuleDict)) else model
 
     @staticmethod
-    def _parts(net: nn.Module) -> tuple[nn.Module, nn.Module]:
-        inner = getattr(net, "module", net)  # DDP wraps the ModuleDict
-        return inner["restorer"], inner["diffusion"]
+    def _run(net: nn.Module, fn: Callable[[nn.Module, nn.Module], Any]) -> Any:
+        """fn(R, ε_θ) through the top-level forward when the net is (a DDP wrapper of) a NoiseDANet;
+        a bare ModuleDict {"restorer", "diffusion"} (tests, single process) is called part by part."""
+        if isinstance(getattr(net, "module", net), NoiseDANet):
+            return net(fn)
+        return fn(net["restorer"], net["diffusion"])
 
     def sample_gamma(self, t: torch.Tensor, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
         """γ ~ U(ᾱ_t, ᾱ_{t−1}) per sample, drawn in float64 (u on the generator's device, like every draw)."""
@@ -131,32 +159,42 @@ class NoiseDA(Method):
         Keys: ``pix``, ``w``, and unless λ_dif = 0: ``dif``, ``mse_pos``, ``gamma``, ``swap`` and, with the
         contrastive term, ``mse_neg``, ``tri``, ``swap_neg``. ``loss`` = pix + w·dif.
         """
-        restorer, diffusion = self._parts(net)
         x_s, y, x_r = batch["lq"], batch["gt"], batch["real"]
         B = y.shape[0]
-        r_s, r_r = restorer(x_s, None), restorer(x_r, None)
-        yhat_s, yhat_r = x_s + r_s, x_r + r_r
-        out: dict[str, torch.Tensor] = {"pix": per_sample_mean(charbonnier(yhat_s - y, self.charbonnier_eps))}
         w = self.ramp(batch)
-        out["w"] = torch.tensor(w, dtype=y.dtype, device=y.device)
-        if self.lambda_dif == 0:  # the synthetic-only baseline: the diffusion net is not even run
-            out["loss"] = out["pix"]
+        diffuse = self.lambda_dif > 0  # λ = 0 is the synthetic-only baseline: the teacher is not even run
+        if diffuse:  # every draw up front (none depends on the nets), in a fixed order
+            if t is None:
+                t = randint(1, self.T, B, generator, y.device)
+            gamma = self.sample_gamma(t, generator, y)
+            eps = noise if noise is not None else randn_like(y, generator)
+            swap = self._swap_mask(B, generator, y.device)
+            swap_neg = self._swap_mask(B, generator, y.device) if self.contrastive else None
+            g4 = gamma.view(-1, 1, 1, 1)
+            y_noisy = g4.sqrt() * y + (1 - g4).sqrt() * eps
+
+        def step(restorer: nn.Module, diffusion: nn.Module) -> dict[str, torch.Tensor]:
+            r_s, r_r = restorer(x_s, None), restorer(x_r, None)
+            yhat_s, yhat_r = x_s + r_s, x_r + r_r
+            out = {"pix": per_sample_mean(charbonnier(yhat_s - y, self.charbonnier_eps))}
+            if not diffuse:
+                return out
+            eps_pos = diffusion(y_noisy, gamma, shuffle_slots(yhat_s, yhat_r, swap))
+            out["mse_pos"] = per_sample_mean((eps_pos - eps) ** 2)
+            if self.contrastive:
+                # residuals swapped across domains; the same ε and γ (hence the same ỹ_γ) as the positives
+                eps_neg = diffusion(y_noisy, gamma, shuffle_slots(x_s + r_r, x_r + r_s, swap_neg))
+                out["mse_neg"] = per_sample_mean((eps_neg - eps) ** 2)
             return out
 
-        if t is None:
-            t = randint(1, self.T, B, generator, y.device)
-        gamma = self.sample_gamma(t, generator, y)
-        eps = noise if noise is not None else randn_like(y, generator)
-        g4 = gamma.view(-1, 1, 1, 1)
-        y_noisy = g4.sqrt() * y + (1 - g4).sqrt() * eps
-        swap = self._swap_mask(B, generator, y.device)
-        eps_pos = diffusion(y_noisy, gamma, shuffle_slots(yhat_s, yhat_r, swap))
-        out.update(gamma=gamma, swap=swap, mse_pos=per_sample_mean((eps_pos - eps) ** 2))
+        out = self._run(net, step)
+        out["w"] = torch.tensor(w, dtype=y.dtype, device=y.device)
+        if not diffuse:
+            out["loss"] = out["pix"]
+            return out
+        out.update(gamma=gamma, swap=swap)
         if self.contrastive:
-            swap_neg = self._swap_mask(B, generator, y.device)
-            # residuals swapped across domains; the same ε and γ (hence the same ỹ_γ) as the positives
-            eps_neg = diffusion(y_noisy, gamma, shuffle_slots(x_s + r_r, x_r + r_s, swap_neg))
-            out.update(swap_neg=swap_neg, mse_neg=per_sample_mean((eps_neg - eps) ** 2))
+            out["swap_neg"] = swap_neg
             # batch-mean distances, as the reference; broadcast so the batch mean of the result is exact
             out["tri"] = torch.relu(out["mse_pos"].mean() - out["mse_neg"].mean() + self.margin)
             out["dif"] = (out["mse_pos"] + out["tri"]) / 2
