@@ -233,14 +233,9 @@ def train_all(keys: list[str], jobs: int) -> None:
 # ---- results --------------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from irdiff.sysinfo import cpu_name
+
+    cpu = cpu_name()
     import torch
 
     return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, torch {torch.__version__}, 1 thread per run"

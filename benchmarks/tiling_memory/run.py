@@ -88,14 +88,9 @@ def child(size: int, tile: int, overlap: int, tile_batch: int, run: str | None, 
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from irdiff.sysinfo import cpu_name
+
+    cpu = cpu_name()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
