@@ -60,6 +60,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (diffusion methods)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images (decompression-bomb guard; default: about 89.5 megapixels)")
+    p.add_argument("--mask", help="inpainting models: a mask image for every input, or a folder of masks named "
+                   "like the inputs (white = pixels to fill)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -176,6 +178,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 1
     targets = _targets(files, args.inputs, args.out)
     restorer = load(args.model, device=args.device)
+    if restorer.method.needs_mask and not args.mask:
+        raise ValueError(f"model {args.model} inpaints: give --mask (white = pixels to fill)")
+    if args.mask and not restorer.method.needs_mask:
+        raise ValueError(f"--mask: model {args.model} does not take a mask")
+    if args.mask and not Path(args.mask).exists():
+        raise ValueError(f"--mask {args.mask}: no such file or folder")
     inputs = {f.resolve() for f in files}
     failed = len(errors)
     show = not args.no_progress
@@ -186,11 +194,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if target.resolve() in inputs or (target.exists() and any(_same(target, i) for i in inputs)):
                 raise ValueError(f"{target}: refusing to overwrite an input image")
             arr = _read_native(f, args.max_pixels)
+            mask = _read_native(_mask_for(Path(args.mask), f), args.max_pixels) if args.mask else None
             g = torch.Generator(device=args.device)
             g.manual_seed(args.seed)
             res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,
                                    generator=g, sampler=args.sampler, tile_batch=args.tile_batch,
-                                   progress=show)
+                                   progress=show, mask=mask)
             bits = 16 if res.dtype.kind == "u" and res.dtype.itemsize == 2 and target.suffix.lower() == ".png" else 8
             write_image(target, res, bits=bits)
             if show or len(files) > 1:
@@ -206,6 +215,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"irdiff: {failed} of {total} inputs failed; {total - failed} restored", file=sys.stderr)
         return 1
     return 0
+
+
+def _mask_for(mask: Path, image: Path) -> Path:
+    """--mask is one file for all inputs, or a folder holding a mask with each input's stem."""
+    if not mask.is_dir():
+        return mask
+    from irdiff.data.io import list_images
+
+    found = [m for m in list_images(mask) if m.stem == image.stem]
+    if len(found) != 1:
+        raise ValueError(f"{image}: {'no' if not found else 'more than one'} mask named {image.stem}.* in {mask}")
+    return found[0]
 
 
 def _same(a: Path, b: Path) -> bool:

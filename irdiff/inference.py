@@ -47,7 +47,7 @@ _WRITE_ROWS = 64
 _AUTO_WHOLE_PX = 1024 * 1024
 _AUTO_TILE = 512
 
-__all__ = ["PRETRAINED_DIR", "Restorer", "load", "pretrained_names", "resolve_model", "tile_grid"]
+__all__ = ["PRETRAINED_DIR", "Restorer", "as_mask", "load", "pretrained_names", "resolve_model", "tile_grid"]
 
 
 def pretrained_names() -> list[str]:
@@ -218,7 +218,7 @@ class Restorer:
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
                 generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
-                tile_batch: int | None = None) -> Any:
+                tile_batch: int | None = None, mask: Any = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
         steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
@@ -226,9 +226,15 @@ class Restorer:
         above; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
         tile_batch: tiles per forward pass (None: up to 512² px per pass on the CPU, where batching
         gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
+        mask: the pixels to fill, for inpainting models (``needs_mask``): an HxW(xC) numpy / PIL image
+        or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
         """
+        if self.method.needs_mask and mask is None:
+            raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
+        if mask is not None and not self.method.needs_mask:
+            raise ValueError(f"this model ({self.cfg.method['name']}) does not take a mask")
         kw = dict(steps=steps, tile=tile, overlap=overlap, generator=generator, progress=progress,
-                  sampler=sampler, tile_batch=tile_batch)
+                  sampler=sampler, tile_batch=tile_batch, mask=None if mask is None else as_mask(mask))
         if torch.is_tensor(image):
             return self._restore_torch(image, **kw)
         try:
@@ -298,8 +304,11 @@ class Restorer:
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
              overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
-             tile_batch: int | None) -> None:
+             tile_batch: int | None, mask: torch.Tensor | None = None) -> None:
         s = self.scale
+        if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
+                             if s == 1 else "masks are for inpainting models (scale 1)")
         colour = 1 if c in (1, 2) else 3  # the rest is alpha, passed through
         H, W = h * s, w * s
         if h == 0 or w == 0:
@@ -340,7 +349,9 @@ class Restorer:
                 def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch)) -> None:
                     bar.update(k / max(n, 1))
 
-                outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback)
+                holes = None if mask is None else torch.stack(
+                    [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
+                outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
@@ -382,8 +393,9 @@ class Restorer:
 
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
-               generator: torch.Generator | None, callback: Callable) -> torch.Tensor:
-        """(B, C, h, w) input tiles in [0, 1] -> restored (B, C, h, w) float32 on the CPU."""
+               generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
         if colour == self.channels:
@@ -395,14 +407,50 @@ class Restorer:
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
         inp = inp.to(self.device) * 2 - 1
+        extra = {} if mask is None else {"mask": mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)}
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
-                                 callback=callback)
+                                 callback=callback, **extra)
         out = ((out.float() + 1) / 2).clamp_(0, 1).cpu()
         if colour == 1 and self.channels != 1:
             out = out.mean(dim=1, keepdim=True)
         elif self.channels == 1 and colour != 1:
             out = out.reshape(b, colour, *out.shape[-2:])
         return torch.cat([out, alpha.clamp(0, 1)], dim=1) if alpha.shape[1] else out
+
+
+def as_mask(mask: Any) -> torch.Tensor:
+    """A missing-pixel mask as a bool (H, W) tensor. numpy / PIL: HxW or HxWxC; tensor: HxW or CxHxW.
+    Set = above half the dtype's range (uint8 > 127, uint16 > 32767, float > 0.5, bool True; other
+    integers: > 0 for 0/1 maps, > 127 otherwise), in any channel."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    if isinstance(mask, np.ndarray):
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+        mask = torch.from_numpy(np.array(mask))  # a copy: PIL arrays are read-only
+    elif torch.is_tensor(mask):
+        mask = mask.detach().cpu()
+        if mask.dim() == 3:
+            mask = mask.amax(dim=0)
+    else:
+        raise TypeError(f"mask: expected a numpy array, PIL image or torch tensor, got {type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be HxW or have one channel axis, got shape {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():
+        return mask > 0.5
+    if mask.dtype == torch.uint8:
+        return mask > 127
+    if mask.dtype == torch.uint16:
+        return mask > 32767
+    if not mask.is_complex():  # other integers: 0 / 1 (or 0 / 255) label maps
+        return mask > (127 if int(mask.max()) > 1 else 0)
+    raise ValueError(f"unsupported mask dtype {mask.dtype}")
 
 
 def _batches(boxes: list[tuple[int, int]], ys: list, xs: list, size: int) -> Iterator[list[tuple[int, int]]]:

@@ -66,6 +66,11 @@ class Method:
         """
         return lq
 
+    @property
+    def needs_mask(self) -> bool:
+        """True when sampling needs a ``mask`` of missing pixels (Palette-style inpainting)."""
+        return False
+
     def inference_net(self, model: nn.Module) -> nn.Module:
         """The part of the trained module used at inference (Noise-DA drops its diffusion net)."""
         return model

@@ -87,6 +87,10 @@ class SR3(Method):
         else:
             raise ValueError(f"unknown schedule {schedule!r}; known: linear, cosine")
 
+    @property
+    def needs_mask(self) -> bool:
+        return self.inpainting
+
     def net_in_channels(self, img_channels: int) -> int:
         return 2 * img_channels + (1 if self.inpainting else 0)
 
