@@ -205,7 +205,7 @@ class Restorer:
         self.method, self.net, self.cfg, self.meta = method, net.eval(), cfg, meta
         self.device = torch.device(device)
         self.net.to(self.device)
-        self.scale = model_scale(cfg)
+        self.scale = method.scale if method.scale > 1 else model_scale(cfg)
         self.channels = cfg.img_channels
         # tiles start on the net's down-sampling grid, and on whole LR pixels for SR
         m = int(getattr(net, "multiple", 1) or 1)
@@ -383,11 +383,9 @@ class Restorer:
         (y0, y1), (x0, x1), s = yspan, xspan, self.scale
         if s == 1:
             return read(y0, y1, x0, x1)
-        from irdiff.data.resize import imresize
-
         ly0, ly1 = max(y0 // s - _SR_MARGIN, 0), min(y1 // s + _SR_MARGIN, h)
         lx0, lx1 = max(x0 // s - _SR_MARGIN, 0), min(x1 // s + _SR_MARGIN, w)
-        up = imresize(read(ly0, ly1, lx0, lx1), scale=s)
+        up = self.method.upsample_input(read(ly0, ly1, lx0, lx1), s)
         oy, ox = y0 - ly0 * s, x0 - lx0 * s
         return up[:, oy : oy + y1 - y0, ox : ox + x1 - x0].clamp(0, 1)
 

@@ -287,3 +287,25 @@ def test_callback_steps_and_determinism(sampler):
         m.sample(Tiny(), x, steps=2, bogus=1)
     with pytest.raises(ValueError):
         m.sample(Tiny(), x, sampler="ddim")
+
+
+def test_pixelate_restorer_takes_lr_images_and_upsamples_them_nearest():
+    """Cold pixelate T = 2 is x4 SR: the Restorer has scale 4 and feeds D(x0, T)'s look (nearest-upsampled LR).
+    With R(x) = x every pixelated state is a fixed point of Alg. 2, so the output is exactly that input."""
+    from irdiff.config import Config, from_dict
+    from irdiff.inference import Restorer
+
+    class Same(torch.nn.Module):
+        def forward(self, x, noise_level=None, cond=None):
+            return x
+
+    cfg = from_dict(Config, {"method": {"name": "cold", "degradation": "pixelate", "num_steps": 2},
+                             "net": {"name": "unet"}})
+    method = ColdDiffusion(degradation="pixelate", num_steps=2)
+    r = Restorer(method, Same(), cfg, {})
+    assert r.scale == 4
+    lr = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    want = lr.repeat(4, 0).repeat(4, 1)
+    for tile in (0, 32):
+        out = r.restore(lr, tile=tile, overlap=8, progress=False)
+        np.testing.assert_array_equal(out, want)

@@ -67,6 +67,19 @@ class Method:
         return lq
 
     @property
+    def scale(self) -> int:
+        """Output size / input size implied by the method's own degradation (Cold's pixelate: 2^T);
+        1 when the data pipeline decides (see ``irdiff.inference.model_scale``)."""
+        return 1
+
+    def upsample_input(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
+        """An LR image (C, h, w) in [0, 1] at the output size, as sampling expects it: MATLAB bicubic,
+        the convention of the SR data pipeline (Cold's pixelation overrides it with nearest neighbour)."""
+        from irdiff.data.resize import imresize
+
+        return imresize(lr, scale=scale)
+
+    @property
     def needs_mask(self) -> bool:
         """True when sampling needs a ``mask`` of missing pixels (Palette-style inpainting)."""
         return False

@@ -110,6 +110,17 @@ class ColdDiffusion(Method):
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels
 
+    @property
+    def scale(self) -> int:
+        """Pixelation with T steps is 2^T-fold super-resolution: a user's LR image is D(x0, T) shrunk."""
+        return 2**self.num_steps if self.degradation in ("pixelate", "downsample") else 1
+
+    def upsample_input(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
+        if self.degradation not in ("pixelate", "downsample"):
+            return super().upsample_input(lr, scale)
+        # D(x0, T) blows its 2^T-down-sampled image up with nearest neighbour: so must the input
+        return lr.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
     def degraded_input(self, gt: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
         return lq if self.degradation == "interp" else self.degrade(gt, self.num_steps)
 
