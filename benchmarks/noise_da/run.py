@@ -47,7 +47,16 @@ RUNS = {
     "a": ("R on synthetic only (Charbonnier)", "regression_syn.yaml", []),
     "e": ("upper bound: R on real-domain pairs", "regression_real.yaml", []),
 }
-TABLE_ORDER = ["a", "b", "c", "d", "f", "e"]
+# the same comparisons at 6x the budget (3000 steps; Noise-DA's ramp stretched to its first half)
+LONG = ["train.steps=3000", "train.val_every=1000", "train.ckpt_every=500"]
+RUNS.update({
+    "b3k": ("R + Noise-DA (λ_dif 0.2), 3000 steps", "noise_da.yaml", [*LONG, "method.ramp_steps=1500"]),
+    "f3k": ("Noise-DA, λ_dif 1.0, 3000 steps", "noise_da.yaml",
+            [*LONG, "method.ramp_steps=1500", "method.lambda_dif=1.0"]),
+    "a3k": ("R on synthetic only, 3000 steps", "regression_syn.yaml", LONG),
+    "e3k": ("upper bound: R on real pairs, 3000 steps", "regression_real.yaml", LONG),
+})
+TABLE_ORDER = ["a", "b", "c", "d", "f", "e", "a3k", "b3k", "f3k", "e3k"]
 EXTRA_SETS: list[str] = []
 
 
