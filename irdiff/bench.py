@@ -63,6 +63,7 @@ class MethodEntry:
     sampler: str | None = None
     steps: list[int] | None = None
     sample_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword args of method.sample (eta...)
+    color_fix: str = "none"  # post-sampling colour correction (irdiff.colorfix); none = the method as published
 
 
 @dataclass
@@ -180,8 +181,10 @@ def _score(pred: torch.Tensor, gt: torch.Tensor, entry: DatasetEntry) -> tuple[f
 @torch.no_grad()
 def bench_method(name: str, restorer: Any, items: list[dict[str, Any]], entry: DatasetEntry, steps: list[int],
                  seed: int, sampler: str | None = None, sample_kwargs: dict[str, Any] | None = None,
-                 device: str = "cpu", progress: bool = False) -> list[dict[str, Any]]:
+                 device: str = "cpu", progress: bool = False, color_fix: str = "none") -> list[dict[str, Any]]:
     """Restore every item at every step count; one record per (image, steps)."""
+    from irdiff.colorfix import color_fix as fix
+
     method, net = restorer.method, restorer.net
     sampler = sampler or restorer.cfg.sample.sampler
     used = sampler or (method.samplers[0] if method.samplers else None)
@@ -199,7 +202,7 @@ def bench_method(name: str, restorer: Any, items: list[dict[str, Any]], entry: D
                 g.manual_seed(seed + i)
                 counter.n = 0
                 t0 = time.perf_counter()
-                out = method.sample(net, lq, steps=n, sampler=sampler, generator=g, **extra)
+                out = fix(color_fix, method.sample(net, lq, steps=n, sampler=sampler, generator=g, **extra), lq)
                 dt = time.perf_counter() - t0
                 p, s = _score(((out[0].float().cpu() + 1) / 2), item["gt"], entry)
                 records.append({"method": name, "dataset": entry.name, "image": item["id"], "steps": n,
@@ -369,7 +372,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, only: list[str] |
                     r["method"] = f"input ({m.name})"
                 records += own
             records += bench_method(m.name, restorer, items, d, m.steps or cfg.steps, cfg.seed, m.sampler,
-                                    m.sample_kwargs, cfg.device, cfg.progress)
+                                    m.sample_kwargs, cfg.device, cfg.progress, m.color_fix)
     paths = write_outputs(out, records, meta)
     return {"records": records, "summary": summarize(records), "paths": paths}
 

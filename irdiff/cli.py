@@ -60,6 +60,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (diffusion methods)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse larger images (decompression-bomb guard; default: about 89.5 megapixels)")
+    p.add_argument("--color-fix", choices=["none", "wavelet", "adain"],
+                   help="take the colour from the input after sampling (fixes colour drift of undertrained "
+                        "diffusion models; default: the model's sample.color_fix, normally none)")
     p.add_argument("--mask", help="inpainting models: a mask image for every input, or a folder of masks named "
                    "like the inputs (white = pixels to fill)")
     p.add_argument("--no-progress", action="store_true")
@@ -199,7 +202,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             g.manual_seed(args.seed)
             res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,
                                    generator=g, sampler=args.sampler, tile_batch=args.tile_batch,
-                                   progress=show, mask=mask)
+                                   progress=show, mask=mask, color_fix=args.color_fix)
             bits = 16 if res.dtype.kind == "u" and res.dtype.itemsize == 2 and target.suffix.lower() == ".png" else 8
             write_image(target, res, bits=bits)
             if show or len(files) > 1:

@@ -78,6 +78,7 @@ class TrainConfig:
 class SampleConfig:
     steps: int | None = None  # None: the method's default
     sampler: str | None = None  # None: the method's default
+    color_fix: str = "none"  # none | wavelet | adain: colour taken from the input after sampling (colorfix.py)
     val_max_images: int = 4
     val_save_images: int = 2
 
@@ -242,6 +243,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(str(e).strip("\"'")) from None
     t = cfg.train
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    from irdiff.colorfix import COLOR_FIXES
+
+    need(cfg.sample.color_fix in COLOR_FIXES, "sample.color_fix",
+         f"must be one of {', '.join(COLOR_FIXES)}, got {cfg.sample.color_fix!r}")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     need(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from irdiff.checkpoint import CheckpointError, latest_checkpoint, load_state, load_tensors
+from irdiff.colorfix import COLOR_FIXES
+from irdiff.colorfix import color_fix as _color_fix
 from irdiff.config import Config, from_dict
 from irdiff.methods.base import Method
 
@@ -218,7 +220,7 @@ class Restorer:
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
                 generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
-                tile_batch: int | None = None, mask: Any = None) -> Any:
+                tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
         steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
@@ -228,13 +230,18 @@ class Restorer:
         gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
         mask: the pixels to fill, for inpainting models (``needs_mask``): an HxW(xC) numpy / PIL image
         or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
+        color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
+        run's ``sample.color_fix``; see ``irdiff.colorfix``).
         """
         if self.method.needs_mask and mask is None:
             raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
         if mask is not None and not self.method.needs_mask:
             raise ValueError(f"this model ({self.cfg.method['name']}) does not take a mask")
         kw = dict(steps=steps, tile=tile, overlap=overlap, generator=generator, progress=progress,
-                  sampler=sampler, tile_batch=tile_batch, mask=None if mask is None else as_mask(mask))
+                  sampler=sampler, tile_batch=tile_batch, mask=None if mask is None else as_mask(mask),
+                  color_fix=self.cfg.sample.color_fix if color_fix is None else color_fix)
+        if kw["color_fix"] not in COLOR_FIXES:
+            raise ValueError(f"unknown color_fix {kw['color_fix']!r}; known: {', '.join(COLOR_FIXES)}")
         if torch.is_tensor(image):
             return self._restore_torch(image, **kw)
         try:
@@ -304,7 +311,7 @@ class Restorer:
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
              overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
-             tile_batch: int | None, mask: torch.Tensor | None = None) -> None:
+             tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none") -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
@@ -351,7 +358,8 @@ class Restorer:
 
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
-                outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes)
+                outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes,
+                                   color_fix)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
@@ -391,8 +399,8 @@ class Restorer:
 
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
-               generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None,
+               color_fix: str = "none") -> torch.Tensor:
         """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
@@ -408,6 +416,7 @@ class Restorer:
         extra = {} if mask is None else {"mask": mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)}
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
                                  callback=callback, **extra)
+        out = _color_fix(color_fix, out, inp)
         out = ((out.float() + 1) / 2).clamp_(0, 1).cpu()
         if colour == 1 and self.channels != 1:
             out = out.mean(dim=1, keepdim=True)

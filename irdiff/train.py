@@ -29,6 +29,7 @@ from irdiff.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
+from irdiff.colorfix import color_fix
 from irdiff.config import Config, ConfigError, dump_yaml, to_dict
 from irdiff.data.datasets import BatchPlan, build_dataset, collate
 from irdiff.methods.base import Method
@@ -128,6 +129,7 @@ def validate(cfg: Config, method: Method, net: nn.Module, dataset: Any, device: 
         g = torch.Generator(device=device)
         g.manual_seed(cfg.seed + i)
         out = method.sample(net, lq, steps=cfg.sample.steps, sampler=cfg.sample.sampler, generator=g, **extra)
+        out = color_fix(cfg.sample.color_fix, out, lq)
         restored = ((out[0].float().cpu() + 1) / 2).clamp(0, 1)
         gt8, out8 = to_uint8(item["gt"]), to_uint8(restored)
         scores["psnr"].append(psnr(out8, gt8))
