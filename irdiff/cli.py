@@ -6,10 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -130,31 +126,6 @@ def _targets(files: list[Path], inputs: list[str], out_arg: str) -> list[Path]:
     return targets
 
 
-def _read_native(path: Path, max_pixels: int | None) -> np.ndarray:
-    """Decode an image to its own dtype (uint8 / uint16 / float32), H x W x C (C = 1 or 3).
-
-    read_image's checks and decoders, but without its float32 copy: tiled restoration then holds the
-    image at 1 or 2 bytes per sample, whatever its size.
-    """
-    from irdiff.data import io as imio
-
-    if max_pixels is None:
-        max_pixels = imio.DEFAULT_MAX_PIXELS
-    if not path.exists():
-        raise imio.ImageReadError(path, "no such file")
-    if path.is_dir():
-        raise imio.ImageReadError(path, "is a folder, not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise imio.ImageReadError(path, f"{type(e).__name__}: {e.strerror or e}") from e
-    if not data:
-        raise imio.ImageReadError(path, "empty file")
-    if data.startswith(imio._PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
-        return imio._decode_png16(path, data, max_pixels)
-    return imio._decode_pil(path, data, max_pixels)
-
-
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip().strip("\"'")
     return " ".join(msg.split()) if msg else type(e).__name__
@@ -166,7 +137,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from irdiff.data.io import write_image
+    from irdiff.data.io import DEFAULT_MAX_PIXELS, read_array, write_image
     from irdiff.inference import load
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -196,8 +167,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         try:
             if target.resolve() in inputs or (target.exists() and any(_same(target, i) for i in inputs)):
                 raise ValueError(f"{target}: refusing to overwrite an input image")
-            arr = _read_native(f, args.max_pixels)
-            mask = _read_native(_mask_for(Path(args.mask), f), args.max_pixels) if args.mask else None
+            limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
+            arr = read_array(f, limit)
+            mask = read_array(_mask_for(Path(args.mask), f), limit) if args.mask else None
             g = torch.Generator(device=args.device)
             g.manual_seed(args.seed)
             res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,

@@ -163,9 +163,9 @@ def test_grey_and_16_bit_inputs_keep_their_format(run, tmp_path):
     assert main(["restore", str(tmp_path / "grey.png"), str(tmp_path / "deep.png"), "-o", str(out),
                  "--model", str(run), "--no-progress"]) == 0
     assert Image.open(out / "grey.png").mode == "L"
-    from irdiff.cli import _read_native
+    from irdiff.data.io import read_array
 
-    assert _read_native(out / "deep.png", None).dtype == np.uint16
+    assert read_array(out / "deep.png").dtype == np.uint16
 
 
 def test_usage_errors_exit_2_with_one_line(run, tmp_path, capsys):

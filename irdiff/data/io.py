@@ -81,6 +81,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 # ----------------------------------------------------------------------------------------- reading
 
 
+def read_array(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to its own dtype (uint8 / uint16 / float32), H x W x C, without a float copy:
+    what tiled restoration reads, at 1 or 2 bytes per sample whatever the size. Same checks and one-line
+    ImageReadError messages as :func:`read_image`; None lifts our pixel limit (Pillow's own still applies).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
+        return _decode_png16(path, data, max_pixels)
+    return _decode_pil(path, data, max_pixels)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(path, f"{type(e).__name__}: {e.strerror or e}") from e
+    if not data:
+        raise ImageReadError(path, "empty file")
+    return data
+
+
 def read_image(
     path: str | os.PathLike, channels: int = 3, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
@@ -93,22 +119,7 @@ def read_image(
     """
     if channels not in (1, 3):
         raise ValueError(f"read_image: channels must be 1 or 3, got {channels}")
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "no such file")
-    if path.is_dir():
-        raise ImageReadError(path, "is a folder, not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageReadError(path, f"{type(e).__name__}: {e.strerror or e}") from e
-    if not data:
-        raise ImageReadError(path, "empty file")
-    if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
-        arr = _decode_png16(path, data, max_pixels)
-    else:
-        arr = _decode_pil(path, data, max_pixels)
-    return from_numpy(arr, channels=channels)
+    return from_numpy(read_array(path, max_pixels), channels=channels)
 
 
 def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> None:
