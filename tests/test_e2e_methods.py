@@ -30,8 +30,8 @@ class BelowIdentity(AssertionError):
 # Measured on the dev machine (2026-11-27, 2000 steps, 1 thread, ~510 s each; test crops, 20 sampling steps):
 #   SR3    noisy 20.49 -> 14.99 dB, SSIM 0.483 -> 0.532;  validation PSNR 14.96 / 13.90 / 13.56 / 13.35 at 500..2000
 #   IR-SDE noisy 20.49 -> 17.40 dB, SSIM 0.483 -> 0.643;  validation PSNR 17.07 / 18.12 / 17.74 / 17.68
-# Both restore structure (SSIM rises; with each output's per-channel mean offset removed, PSNR is 23.6 / 24.8 dB
-# on 96² crops) but the colour drifts: the ε-nets' per-channel spatial mean (DC) is off by ~0.01 at high noise,
+# Both restore structure (SSIM rises; with the input's coarse colour swapped back in by colorfix "wavelet" the
+# same samples score 24.08 / 24.84 dB, asserted below) but the colour drifts: the ε-nets' per-channel spatial mean (DC) is off by ~0.01 at high noise,
 # which x̂0 amplifies (1/√γ_T = 150 for SR3, e^{θ̄_T}·λ ≈ 16 for IR-SDE) and the sampler then locks in (traced:
 # IR-SDE's DC(x_t − μ) grows from 0.0006 at T to 0.25 at t = 0). Training longer did not reduce it within 2000
 # steps (PSNR falls while SSIM rises). Strict xfail on the PSNR criterion only: the SSIM check must pass, and
