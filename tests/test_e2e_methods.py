@@ -19,23 +19,25 @@ TINY_UNET = {"name": "unet", "base_channels": 16, "channel_mults": [1, 2, 2], "n
 # sampling steps for the check: the configs' defaults, SR3 cut from 50 to 20 to keep the test short
 SAMPLE_STEPS = {"sr3": 20, "cold": 10, "irsde": 20, "rddm": 10}
 # training steps: 400 suffice for Cold and RDDM; SR3 and IR-SDE get 5x that (and still drift, see below)
-TRAIN_STEPS = {"sr3": 2000, "cold": 400, "irsde": 2000, "rddm": 400}
+TRAIN_STEPS = {"sr3": 2000, "cold": 400, "irsde": 400, "rddm": 400}
 MARGIN_DB = 0.5
 
 
 class BelowIdentity(AssertionError):
-    """Restored PSNR not above the noisy input's (the one criterion SR3 and IR-SDE miss at this budget)."""
+    """Restored PSNR not above the noisy input's (the one criterion SR3 misses at this budget)."""
 
 
-# Measured on the dev machine (2026-11-27, 2000 steps, 1 thread, ~510 s each; test crops, 20 sampling steps):
-#   SR3    noisy 20.49 -> 14.99 dB, SSIM 0.483 -> 0.532;  validation PSNR 14.96 / 13.90 / 13.56 / 13.35 at 500..2000
-#   IR-SDE noisy 20.49 -> 17.40 dB, SSIM 0.483 -> 0.643;  validation PSNR 17.07 / 18.12 / 17.74 / 17.68
-# Both restore structure (SSIM rises; with the input's coarse colour swapped back in by colorfix "wavelet" the
-# same samples score 24.08 / 24.84 dB, asserted below) but the colour drifts: the ε-nets' per-channel spatial mean (DC) is off by ~0.01 at high noise,
-# which x̂0 amplifies (1/√γ_T = 150 for SR3, e^{θ̄_T}·λ ≈ 16 for IR-SDE) and the sampler then locks in (traced:
-# IR-SDE's DC(x_t − μ) grows from 0.0006 at T to 0.25 at t = 0). Training longer did not reduce it within 2000
-# steps (PSNR falls while SSIM rises). Strict xfail on the PSNR criterion only: the SSIM check must pass, and
-# the day either beats the identity the XPASS fails the test and the mark must go.
+# SR3, measured on the dev machine (2026-11-27, 2000 steps, 1 thread, 458 s; test crops, 20 DDIM steps): noisy
+# 20.49 -> 14.99 dB, SSIM 0.483 -> 0.532; validation PSNR 14.96 / 13.90 / 13.56 / 13.35 at steps 500..2000. It
+# restores structure (SSIM rises; with the input's coarse colour swapped back in by colorfix "wavelet" the same
+# samples score 24.08 dB, asserted below) but the colour drifts: the ε-net's per-channel spatial mean (DC) is
+# off by ~0.01 at high noise, which x̂0 = (x_t − √(1−γ) ε̂)/√γ amplifies 1/√γ_T = 150-fold, and DDIM then locks
+# it in. Training longer did not reduce it within 2000 steps (PSNR falls while SSIM rises). IR-SDE's general
+# form (configs/irsde_denoise_s25_lq.yaml: μ = the noisy image, λ = 10) drifts the same way (2000 steps: 17.40
+# dB, SSIM 0.643, 24.84 dB colour-fixed; traced: DC(x_t − μ) grows from 0.0006 at T to 0.25 at t = 0, as
+# e^{θ̄_T}·λ ≈ 16 amplifies ε̂'s DC error); the shipped σ = 25 config is the reference's Denoising-SDE variant,
+# which starts from the noisy input itself and passes. Strict xfail on SR3's PSNR criterion only: its SSIM and
+# colour-fixed checks must pass, and the day it beats the identity the XPASS fails the test.
 COLOUR_DRIFT = pytest.mark.xfail(raises=BelowIdentity, strict=True,
                                  reason="ε-prediction DC drift at a tiny CPU budget (see the comment above)")
 
@@ -58,8 +60,7 @@ def _config(method: str, train_dir: Path, val_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [pytest.param("sr3", marks=COLOUR_DRIFT), "cold",
-                                    pytest.param("irsde", marks=COLOUR_DRIFT), "rddm"])
+@pytest.mark.parametrize("method", [pytest.param("sr3", marks=COLOUR_DRIFT), "cold", "irsde", "rddm"])
 def test_method_beats_identity_on_cbsd68(method, tmp_path):
     from irdiff.bench import DatasetEntry, bench_method, input_records, load_images, summarize
     from irdiff.config import DataSpec

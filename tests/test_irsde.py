@@ -242,3 +242,100 @@ def test_oracle_losses():
     xt = m.q_sample(x0, mu, t, noise)
     step = (xt - m.optimal_prev(xt, x0, mu, t)).abs().flatten(1).mean(1)
     assert got.shape == (4,) and torch.all(got < 0.1 * step)
+
+
+# --- Denoising-SDE variant (mean_target = "clean") ---------------------------------------------------
+
+def clean_oracle(method, x0):
+    """The true ε of x_t = x0 + √v_t ε (the clean variant's net sees x_t alone)."""
+
+    def net(x, level, cond=None):
+        assert cond is None
+        t = torch.round(level * method.num_steps).long().numpy()
+        sd = torch.from_numpy(np.sqrt(method.variance(t))).view(-1, 1, 1, 1).to(x)
+        return (x - x0) / sd
+
+    return net
+
+
+def noisy(x0, sigma, seed):
+    g = torch.Generator().manual_seed(seed)
+    return x0 + 2 * sigma / 255 * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+
+
+def test_clean_variant_basics():
+    m = IRSDE(num_steps=1000, lam=70, eps=0.04, mean_target="clean", noise_sigma=25)
+    assert m.net_in_channels(3) == 3 and m.clean_mean
+    t_star = m.start_step(25)
+    assert math.sqrt(m.variance(t_star)) == pytest.approx(50 / 255, rel=0.01)  # one grid step of tolerance
+    x0, _ = images()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.tensor([3, 700])
+    # the marginal: x0 + √v_t ε, whatever μ the caller passes (μ = x0 by definition)
+    want = x0 + torch.from_numpy(np.sqrt(m.variance(t.numpy()))).view(-1, 1, 1, 1) * noise
+    torch.testing.assert_close(m.q_sample(x0, x0, t, noise), want, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        IRSDE(lam=10, mean_target="clean", noise_sigma=25)
+    with pytest.raises(ValueError, match="mean_target"):
+        IRSDE(mean_target="gt")
+
+
+def test_clean_variant_loss_ignores_the_degraded_image():
+    m = IRSDE(num_steps=100, lam=70, mean_target="clean")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1).double()
+
+        def forward(self, x, level, cond=None):
+            assert cond is None
+            return self.conv(x) * level.view(-1, 1, 1, 1)
+
+    x0, mu = images(2)
+    net, t = Net(), torch.tensor([5, 80])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = m.loss(net, {"gt": x0, "lq": mu}, t=t, noise=noise)
+    b = m.loss(net, {"gt": x0, "lq": -mu}, t=t, noise=noise)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_clean_variant_drift_through_the_score_equals_the_mean_reverting_drift():
+    """θ_t(x0 − x_t) = θ_t v_t·score: with the oracle ε the rewritten reverse step equals the generic one."""
+    clean = IRSDE(num_steps=100, lam=70, mean_target="clean")
+    generic = IRSDE(num_steps=100, lam=70)
+    x0, _ = images(3)
+    t = torch.tensor([1, 64])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    xt = clean.q_sample(x0, x0, t, noise)
+    got = clean.reverse_sde_mean(xt, noise, None, t)
+    want = generic.reverse_sde_mean(xt, noise, x0, t)  # μ = x0 known to the generic formula
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 20, [150, 90, 2, 0]])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_clean_variant_posterior_sampler_oracle_exact(steps, eta):
+    m = IRSDE(num_steps=1000, lam=70, eps=0.04, mean_target="clean", noise_sigma=25)
+    x0, _ = images(4)
+    y = noisy(x0, 25, 5)
+    out = m.sample(clean_oracle(m, x0), y, steps=steps, generator=torch.Generator().manual_seed(6), eta=eta,
+                   clamp=False)
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="noise level is at step"):
+        m.sample(clean_oracle(m, x0), y, steps=[900, 0])
+
+
+def test_clean_variant_euler_samplers_with_oracle_land_close():
+    m = IRSDE(num_steps=1000, lam=70, eps=0.04, mean_target="clean", noise_sigma=25)
+    x0, _ = images(7)
+    y = noisy(x0, 25, 8)
+    err = {}
+    for name in ("ode", "sde"):
+        for steps in (10, 100):
+            out = m.sample(clean_oracle(m, x0), y, steps=steps, sampler=name,
+                           generator=torch.Generator().manual_seed(9), clamp=False)
+            err[name, steps] = (out - x0).abs().mean().item()
+    noise_level = (y - x0).abs().mean().item()
+    assert err["ode", 100] < err["ode", 10] < noise_level / 5
+    assert err["sde", 100] < noise_level / 3

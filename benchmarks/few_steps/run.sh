@@ -7,6 +7,7 @@
 #   STEPS=700          training steps per method          JOBS=2        trainings / benchmarks in parallel
 #   RUNS=runs/few_steps   where the runs go               OUT=benchmarks/few_steps/results
 #   BENCH_STEPS=1,2,5,10,20,50,100                        NICE=0
+#   METHODS="sr3 irsde cold rddm irsde_clean"             BENCH=1 (0: train only)
 # Re-running resumes unfinished trainings from their checkpoints and redoes the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,24 +31,30 @@ BUDGET=(
   "--set=net.attn_levels=[2]" --set net.norm_groups=8 --set net.head_channels=32
 )
 # Cold's interp degradation gets T = 100 so that every N up to 100 is a distinct sampler (default T = 10).
-declare -A EXTRA=([sr3]="" [cold]="--set method.num_steps=100" [irsde]="" [rddm]="")
+declare -A EXTRA=([sr3]="" [cold]="--set method.num_steps=100" [irsde]="" [rddm]="" [irsde_clean]="")
+# IR-SDE twice: its general form (mu = the noisy image, lambda 10) and the reference's Denoising-SDE variant
+declare -A CONFIG=([sr3]=configs/sr3_denoise_s25.yaml [cold]=configs/cold_denoise_s25.yaml
+                   [irsde]=configs/irsde_denoise_s25_lq.yaml [rddm]=configs/rddm_denoise_s25.yaml
+                   [irsde_clean]=configs/irsde_denoise_s25.yaml)
+METHODS=${METHODS:-sr3 irsde cold rddm irsde_clean}
 
 mkdir -p "$RUNS"
 train_one() {
   local m=$1
   # shellcheck disable=SC2086
-  nice -n "$NICE" "$PY" -m irdiff.cli train --config "configs/${m}_denoise_s25.yaml" "${BUDGET[@]}" ${EXTRA[$m]} \
+  nice -n "$NICE" "$PY" -m irdiff.cli train --config "${CONFIG[$m]}" "${BUDGET[@]}" ${EXTRA[$m]} \
     --out "$RUNS/$m" --no-progress > "$RUNS/$m.train.log" 2>&1
   echo "[run.sh] $(date +%T) trained $m -> $RUNS/$m (log $RUNS/$m.train.log)"
 }
 
-echo "[run.sh] $(date +%T) training sr3 cold irsde rddm, $STEPS steps each, $JOBS at a time"
-for m in sr3 irsde cold rddm; do
+echo "[run.sh] $(date +%T) training $METHODS, $STEPS steps each, $JOBS at a time"
+for m in $METHODS; do
   train_one "$m" &
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
 done
 wait
 
+[[ "${BENCH:-1}" == 0 ]] && exit 0
 echo "[run.sh] $(date +%T) benchmarking"
 bench() {  # $1 = comma-separated methods, $2 = output folder
   nice -n "$NICE" "$PY" -m irdiff.bench --config benchmarks/few_steps/bench.yaml --only "$1" --steps "$BENCH_STEPS" \
@@ -56,9 +63,10 @@ bench() {  # $1 = comma-separated methods, $2 = output folder
 mkdir -p "$RUNS/bench_parts"
 if (( JOBS >= 2 )); then
   bench sr3,cold,irsde-eta0 "$RUNS/bench_parts/a" & bench irsde,rddm "$RUNS/bench_parts/b" & wait
-  "$PY" -m irdiff.bench --merge "$RUNS/bench_parts/a" "$RUNS/bench_parts/b" --out "$OUT"
+  bench irsde-clean "$RUNS/bench_parts/c"
+  "$PY" -m irdiff.bench --merge "$RUNS/bench_parts/a" "$RUNS/bench_parts/b" "$RUNS/bench_parts/c" --out "$OUT"
 else
-  bench sr3,cold,irsde,irsde-eta0,rddm "$RUNS/bench_parts/a"
+  bench sr3,cold,irsde,irsde-eta0,rddm,irsde-clean "$RUNS/bench_parts/a"
   "$PY" -m irdiff.bench --merge "$RUNS/bench_parts/a" --out "$OUT"
 fi
 echo "[run.sh] $(date +%T) done: $OUT/results.{json,csv,md} and $OUT/psnr_vs_steps.png"

@@ -10,6 +10,13 @@ already holds θ̄_i·dt, so the per-step θ_t·dt is ``theta_bar[t] − theta_b
 Marginal x_t | x0 ~ N(μ + (x0 − μ) e^{−θ̄_t}, λ² (1 − e^{−2θ̄_t})). The net predicts ε from
 (x_t − μ, noise level t/T, cond = μ); score = −ε̂ / √v_t.
 
+Gaussian denoising variant (``mean_target: clean``; the reference's Denoising-SDE): μ = x0, so the
+marginal is x_t = x0 + √v_t ε, a pure noise-level SDE. The net sees (x_t, t/T) only, and the drift
+θ_t (x0 − x_t) is rewritten through the score (x0 − x_t = v_t·score): the reverse drift is
+−½σ_t²(1 + e^{−2θ̄_t})·score. A noisy input y = x0 + σ n *is* a state of the chain at the t* with
+√v_{t*} = σ, so sampling starts from y itself at t* (σ, ``noise_sigma``, must be known) and the
+posterior sampler uses x̂0 = x_t − √v_t ε̂ and q(x_s | x_t, x̂0) with μ = x̂0.
+
 Differences from the reference code (deliberate):
 - images are in [−1, 1] (the reference uses [0, 1]), so λ is doubled: the config's ``lam`` is on the
   0–255 scale of a [0, 1] image (10 for deraining/deblurring, 30 for SR/inpainting) and the
@@ -37,6 +44,7 @@ from irdiff.methods.base import (
     per_sample_mean,
     randint,
     randn_like,
+    step_indices,
     timesteps,
 )
 from irdiff.registry import METHODS
@@ -65,7 +73,10 @@ class IRSDE(Method):
     remaining weight of x0 at T (0.005), ``schedule`` of θ ("cosine" | "linear" | "constant"),
     ``loss_type`` ("optimal_path": L1/L2 between the noise-free reverse-SDE step and x*_{t−1}, the
     paper default; "noise": plain noise matching), ``loss_norm`` ("l1" | "l2"), ``eta`` (default
-    std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic).
+    std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
+    ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
+    Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
+    the 0–255 scale, where sampling starts; must be < lam).
     """
 
     noise_level_dim = 1
@@ -75,7 +86,8 @@ class IRSDE(Method):
     default_steps = 20
 
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
-                 loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0):
+                 loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0,
+                 mean_target: str = "lq", noise_sigma: float = 25.0):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if lam <= 0:
@@ -86,6 +98,12 @@ class IRSDE(Method):
             raise ValueError(f"unknown loss_type {loss_type!r}; known: optimal_path, noise")
         if loss_norm not in ("l1", "l2"):
             raise ValueError(f"unknown loss_norm {loss_norm!r}; known: l1, l2")
+        if mean_target not in ("lq", "clean"):
+            raise ValueError(f"unknown mean_target {mean_target!r}; known: lq, clean")
+        if mean_target == "clean" and not 0 < noise_sigma < lam:
+            raise ValueError(f"noise_sigma must be in (0, lam = {lam}), got {noise_sigma}")
+        self.mean_target = mean_target
+        self.noise_sigma = float(noise_sigma)
         self.num_steps = int(num_steps)
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
         self.eps = float(eps)
@@ -123,17 +141,34 @@ class IRSDE(Method):
         t = np.arange(1, self.num_steps + 1)
         return np.concatenate([[0.0], fn(t)])
 
+    @property
+    def clean_mean(self) -> bool:
+        """The Denoising-SDE variant (μ = x0)."""
+        return self.mean_target == "clean"
+
+    def start_step(self, sigma: float) -> int:
+        """Denoising-SDE: the step whose marginal std √v_t is closest to ``sigma`` (0–255 scale)."""
+        target = 2.0 * float(sigma) / 255.0
+        return int(np.argmin(np.abs(np.sqrt(self.variance(np.arange(self.num_steps + 1))) - target)))
+
     # --- net plumbing -------------------------------------------------------------------------
-    def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor,
+    def net_in_channels(self, img_channels: int) -> int:
+        return img_channels if self.clean_mean else 2 * img_channels
+
+    def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None,
                       t: torch.Tensor | int) -> torch.Tensor:
-        """ε̂ = net(x_t − μ, t/T, cond=μ); t an int or a (B,) integer tensor."""
+        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor."""
         if not torch.is_tensor(t):
             t = torch.full((x.shape[0],), int(t), device=x.device)
         level = t.to(device=x.device, dtype=x.dtype) / self.num_steps
+        if self.clean_mean:
+            return net(x, level, None)
         return net(x - mu, level, cond=mu)
 
-    def predict_x0(self, x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t: int) -> torch.Tensor:
-        """x̂0 = μ + (x_t − μ − √v_t ε̂) e^{θ̄_t} (t >= 1; not clamped)."""
+    def predict_x0(self, x: torch.Tensor, mu: torch.Tensor | None, eps_hat: torch.Tensor, t: int) -> torch.Tensor:
+        """x̂0 = μ + (x_t − μ − √v_t ε̂) e^{θ̄_t}; clean variant x̂0 = x_t − √v_t ε̂ (t >= 1; not clamped)."""
+        if self.clean_mean:
+            return x - math.sqrt(self.variance(t)) * eps_hat
         return mu + (x - mu - math.sqrt(self.variance(t)) * eps_hat) * math.exp(self.theta_bar[t])
 
     # --- the contract -------------------------------------------------------------------------
@@ -157,11 +192,15 @@ class IRSDE(Method):
         # σ_t² dt / √v_t, only for t >= 1: v_0 = 0
         k = np.arange(1, self.num_steps + 1)
         score_coef = np.concatenate([[0.0], 2 * self.lam**2 * step[1:] / np.sqrt(self.variance(k))])
+        if self.clean_mean:  # drift θ(x0 − x) = θ v_t·score: total −½σ²(1 + e^{−2θ̄_t})·score
+            score_coef = score_coef * 0.5 * (1 + np.exp(-2 * self.theta_bar))
+            return x_t - gather(score_coef, t, x_t) * eps_hat
         return x_t - gather(step, t, x_t) * (mu - x_t) - gather(score_coef, t, x_t) * eps_hat
 
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        x0, mu = batch["gt"], batch["lq"]
+        x0 = batch["gt"]
+        mu = x0 if self.clean_mean else batch["lq"]  # clean variant: trained on clean images alone
         if t is None:
             t = randint(1, self.num_steps, x0.shape[0], generator, x0.device)
         if noise is None:
@@ -176,7 +215,10 @@ class IRSDE(Method):
         return per_sample_mean(err)
 
     def start(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """x_T = μ + λ ε (the reference's start; the exact marginal would need x0)."""
+        """x_T = μ + λ ε (the reference's start; the exact marginal would need x0). Clean variant: the
+        noisy input itself, a state of the chain at ``start_step(noise_sigma)``."""
+        if self.clean_mean:
+            return cond
         return cond + self.lam * randn_like(cond, generator)
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: Steps | None = None,
@@ -186,9 +228,18 @@ class IRSDE(Method):
         ``clamp`` (default True) to clamp the final output to [-1, 1]."""
         name = self.check_sampler(sampler)
         clamp = extra.pop("clamp", True)
+        steps = steps or self.default_steps
+        if self.clean_mean:
+            # Denoising-SDE: walk from t* (where the chain's std equals the input's noise) down to 0
+            t_star = self.start_step(extra.pop("noise_sigma", self.noise_sigma))
+            if t_star == 0:  # below the chain's first step: nothing to remove
+                return cond.clamp(-1, 1) if clamp else cond
+            if isinstance(steps, int | np.integer):
+                steps = step_indices(t_star, min(int(steps), t_star))
+            elif int(steps[0]) > t_star:
+                raise ValueError(f"steps start at {steps[0]} but the input's noise level is at step {t_star}")
         with torch.no_grad():
-            x = SAMPLERS[name](self, net, self.start(cond, generator), cond, steps or self.default_steps,
-                               generator, callback, **extra)
+            x = SAMPLERS[name](self, net, self.start(cond, generator), cond, steps, generator, callback, **extra)
         return x.clamp(-1, 1) if clamp else x
 
 
@@ -208,7 +259,8 @@ def posterior_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: to
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0_hat = method.predict_x0(x, mu, method.predict_noise(net, x, mu, t), t)
         c_t, c_0, var = method.posterior_coefs(t, s)
-        x = mu + float(c_t) * (x - mu) + float(c_0) * (x0_hat - mu)
+        m = x0_hat if method.clean_mean else mu  # clean variant: μ = x0, estimated by x̂0
+        x = m + float(c_t) * (x - m) + float(c_0) * (x0_hat - m)
         if eta > 0 and var > 0:
             x = x + eta * math.sqrt(var) * randn_like(x, generator)
         if callback is not None:
@@ -231,7 +283,11 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         delta = float(method.theta_bar[t] - method.theta_bar[s])
         score = -method.predict_noise(net, x, mu, t) / math.sqrt(method.variance(t))
         g2 = 2 * lam2 * delta  # σ² dt over the interval
-        x = x - delta * (mu - x) + (0.5 * g2 if ode else g2) * score
+        if method.clean_mean:  # θ(x0 − x) = θ v_t·score = ½σ²(1 − e^{−2θ̄_t})·score
+            drift_mu = 0.5 * g2 * -math.expm1(-2 * float(method.theta_bar[t])) * score
+            x = x - drift_mu + (0.5 * g2 if ode else g2) * score
+        else:
+            x = x - delta * (mu - x) + (0.5 * g2 if ode else g2) * score
         if not ode:
             x = x + math.sqrt(g2) * randn_like(x, generator)
         if callback is not None:
