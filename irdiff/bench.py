@@ -112,6 +112,10 @@ def load_bench_config(path: str | Path | None = None, data: dict[str, Any] | Non
             raise ConfigError(f"methods[{i}] ({m.name}): give exactly one of run or config")
         if m.name in names[:i] or m.name == "input":
             raise ConfigError(f"methods[{i}].name: {m.name!r} is used twice or reserved")
+        from irdiff.colorfix import COLOR_FIXES
+
+        if m.color_fix not in COLOR_FIXES:
+            raise ConfigError(f"methods[{i}].color_fix: must be one of {', '.join(COLOR_FIXES)}, got {m.color_fix!r}")
     for key, steps in [("steps", cfg.steps)] + [(f"methods[{i}].steps", m.steps) for i, m in enumerate(cfg.methods)]:
         if steps is not None and (not steps or any(not isinstance(s, int) or s < 1 for s in steps)):
             raise ConfigError(f"{key}: a list of integers >= 1, got {steps!r}")

@@ -59,6 +59,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color-fix", choices=["none", "wavelet", "adain"],
                    help="take the colour from the input after sampling (fixes colour drift of undertrained "
                         "diffusion models; default: the model's sample.color_fix, normally none)")
+    p.add_argument("--noise-sigma", type=float,
+                   help="IR-SDE Denoising-SDE models: the input's noise std (0-255), where sampling starts "
+                        "(default: the model's noise_sigma)")
     p.add_argument("--mask", help="inpainting models: a mask image for every input, or a folder of masks named "
                    "like the inputs (white = pixels to fill)")
     p.add_argument("--no-progress", action="store_true")
@@ -158,7 +161,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--mask: model {args.model} does not take a mask")
     if args.mask and not Path(args.mask).exists():
         raise ValueError(f"--mask {args.mask}: no such file or folder")
-    inputs = {f.resolve() for f in files}
+    sample_kwargs = {}
+    if args.noise_sigma is not None:
+        if not getattr(restorer.method, "clean_mean", False):
+            raise ValueError(f"--noise-sigma: model {args.model} is not an IR-SDE Denoising-SDE model")
+        sample_kwargs["noise_sigma"] = args.noise_sigma
+    masks: dict[Path, Path | Exception] = {}
+    for f in files if args.mask else []:
+        try:
+            masks[f] = _mask_for(Path(args.mask), f)
+        except ValueError as e:
+            masks[f] = e
+    # neither the images nor their masks may be overwritten
+    inputs = {f.resolve() for f in files} | {m.resolve() for m in masks.values() if isinstance(m, Path)}
     failed = len(errors)
     show = not args.no_progress
     images = tqdm(list(zip(files, targets)), disable=not show or len(files) == 1, desc="images", unit="img")
@@ -166,15 +181,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
         t0 = time.time()
         try:
             if target.resolve() in inputs or (target.exists() and any(_same(target, i) for i in inputs)):
-                raise ValueError(f"{target}: refusing to overwrite an input image")
+                raise ValueError(f"{target}: refusing to overwrite an input image or mask")
+            if isinstance(masks.get(f), Exception):
+                raise masks[f]
             limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
             arr = read_array(f, limit)
-            mask = read_array(_mask_for(Path(args.mask), f), limit) if args.mask else None
+            mask = read_array(masks[f], limit) if args.mask else None
             g = torch.Generator(device=args.device)
             g.manual_seed(args.seed)
             res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,
                                    generator=g, sampler=args.sampler, tile_batch=args.tile_batch,
-                                   progress=show, mask=mask, color_fix=args.color_fix)
+                                   progress=show, mask=mask, color_fix=args.color_fix,
+                                   sample_kwargs=sample_kwargs)
             bits = 16 if res.dtype.kind == "u" and res.dtype.itemsize == 2 and target.suffix.lower() == ".png" else 8
             write_image(target, res, bits=bits)
             if show or len(files) > 1:
@@ -267,8 +285,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"# {cfg.get('name', where.name)}")
     print(f"weights: {weights}")
     print(f"method: {cfg['method']['name']}  net: {cfg['net']['name']}  step: {meta.get('step')}")
+    from irdiff.config import Config, from_dict
+    from irdiff.inference import model_scale
+    from irdiff.train import build_method
+
+    config = from_dict(Config, cfg)
+    scale = build_method(config).scale
     print(f"training data: {train.get('gt_dir') or train.get('name')}  degradation: {train.get('degradation')}"
-          f"  scale: {train.get('scale', 1)}")
+          f"  scale: {scale if scale > 1 else model_scale(config)}")
     for k, v in _flat_metrics(meta.get("metrics") or {}):
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0

@@ -9,7 +9,8 @@ DiffBIR) corrects this after sampling by taking the colour from the degraded inp
   kernel [1 2 1]ᵀ[1 2 1]/16 dilated 1, 2, 4, …, replicate border): the output's detail, the input's colour
   and shading below ~2^levels px. Right when the degradation leaves low frequencies intact (noise, rain,
   JPEG, bicubic SR); wrong for deblurring's wide kernels or inpainting's holes.
-- ``adain``: per-channel mean and standard deviation of ``out`` matched to ``ref``'s (global).
+- ``adain``: per-channel mean and standard deviation of ``out`` matched to ``ref``'s, over the whole image
+  or, when the Restorer tiles, over each tile (tiles are blended, but their statistics differ).
 
 Not part of any paper's method: off by default (``sample.color_fix: none``) and never used by the
 benchmarks unless a config asks for it.
@@ -40,8 +41,8 @@ def wavelet_fix(out: torch.Tensor, ref: torch.Tensor, levels: int = 5) -> torch.
 
 def adain_fix(out: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     dims = (-2, -1)
-    mo, so = out.mean(dims, keepdim=True), out.std(dims, keepdim=True)
-    mr, sr = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
+    mo, so = out.mean(dims, keepdim=True), out.std(dims, keepdim=True, correction=0)
+    mr, sr = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True, correction=0)
     return (out - mo) / (so + eps) * sr + mr
 
 

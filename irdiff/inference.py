@@ -220,7 +220,8 @@ class Restorer:
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
                 generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
-                tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None) -> Any:
+                tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None,
+                sample_kwargs: dict[str, Any] | None = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
         steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
@@ -231,7 +232,9 @@ class Restorer:
         mask: the pixels to fill, for inpainting models (``needs_mask``): an HxW(xC) numpy / PIL image
         or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
         color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
-        run's ``sample.color_fix``; see ``irdiff.colorfix``).
+        run's ``sample.color_fix``; see ``irdiff.colorfix``). Not with a mask: it would alter known pixels.
+        sample_kwargs: extra arguments of the method's ``sample`` (e.g. ``eta``, or ``noise_sigma`` for
+        IR-SDE's Denoising-SDE variant).
         """
         if self.method.needs_mask and mask is None:
             raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
@@ -242,6 +245,9 @@ class Restorer:
                   color_fix=self.cfg.sample.color_fix if color_fix is None else color_fix)
         if kw["color_fix"] not in COLOR_FIXES:
             raise ValueError(f"unknown color_fix {kw['color_fix']!r}; known: {', '.join(COLOR_FIXES)}")
+        if mask is not None and kw["color_fix"] != "none":
+            raise ValueError("color_fix cannot be combined with a mask (it would change the known pixels)")
+        kw["sample_kwargs"] = dict(sample_kwargs or {})
         if torch.is_tensor(image):
             return self._restore_torch(image, **kw)
         try:
@@ -311,7 +317,8 @@ class Restorer:
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
              overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
-             tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none") -> None:
+             tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none",
+             sample_kwargs: dict[str, Any] | None = None) -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
@@ -359,7 +366,7 @@ class Restorer:
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
                 outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes,
-                                   color_fix)
+                                   color_fix, sample_kwargs)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
@@ -400,7 +407,7 @@ class Restorer:
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
                generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None,
-               color_fix: str = "none") -> torch.Tensor:
+               color_fix: str = "none", sample_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
         """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
@@ -413,7 +420,9 @@ class Restorer:
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
         inp = inp.to(self.device) * 2 - 1
-        extra = {} if mask is None else {"mask": mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)}
+        extra = dict(sample_kwargs or {})
+        if mask is not None:
+            extra["mask"] = mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
                                  callback=callback, **extra)
         out = _color_fix(color_fix, out, inp)
@@ -427,37 +436,45 @@ class Restorer:
 
 def as_mask(mask: Any) -> torch.Tensor:
     """A missing-pixel mask as a bool (H, W) tensor. numpy / PIL: HxW or HxWxC; tensor: HxW or CxHxW.
-    Set = above half the dtype's range (uint8 > 127, uint16 > 32767, float > 0.5, bool True; other
-    integers: > 0 for 0/1 maps, > 127 otherwise), in any channel."""
+
+    Set = above half the dtype's range (uint8 > 127, uint16 > 32767, float > 0.5, bool True; other integers:
+    > 0 for 0/1 maps, > 127 otherwise), in any colour channel; an alpha channel (C = 2 or 4) is ignored.
+    """
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    if isinstance(mask, np.ndarray):
-        if mask.ndim == 3:
-            mask = mask.max(axis=2)
-        mask = torch.from_numpy(np.array(mask))  # a copy: PIL arrays are read-only
-    elif torch.is_tensor(mask):
+        if mask.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+            mask = mask.convert("RGBA" if "A" in mask.getbands() or mask.mode == "PA" else "L")
+        mask = np.asarray(mask)
+        mask = mask.astype(np.uint16) if mask.dtype.byteorder not in ("=", "|") else mask  # I;16B etc.
+    if torch.is_tensor(mask):
         mask = mask.detach().cpu()
         if mask.dim() == 3:
-            mask = mask.amax(dim=0)
-    else:
+            mask = mask.movedim(0, -1)
+        mask = mask.numpy()
+    if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask: expected a numpy array, PIL image or torch tensor, got {type(mask).__name__}")
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be HxW or have one channel axis, got shape {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_floating_point():
-        return mask > 0.5
-    if mask.dtype == torch.uint8:
-        return mask > 127
-    if mask.dtype == torch.uint16:
-        return mask > 32767
-    if not mask.is_complex():  # other integers: 0 / 1 (or 0 / 255) label maps
-        return mask > (127 if int(mask.max()) > 1 else 0)
-    raise ValueError(f"unsupported mask dtype {mask.dtype}")
+    if mask.ndim == 3:
+        if mask.shape[2] in (2, 4):
+            mask = mask[..., :-1]  # alpha is not a mask channel
+        mask = mask.max(axis=2)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW or have one channel axis, got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        out = mask
+    elif np.issubdtype(mask.dtype, np.floating):
+        out = mask > 0.5
+    elif mask.dtype == np.uint8:
+        out = mask > 127
+    elif mask.dtype == np.uint16:
+        out = mask > 32767
+    elif np.issubdtype(mask.dtype, np.integer):  # label maps: 0 / 1 or 0 / 255
+        out = mask > (127 if mask.size and mask.max() > 1 else 0)
+    else:
+        raise ValueError(f"unsupported mask dtype {mask.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(out))
 
 
 def _batches(boxes: list[tuple[int, int]], ys: list, xs: list, size: int) -> Iterator[list[tuple[int, int]]]:

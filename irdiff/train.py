@@ -30,7 +30,7 @@ from irdiff.checkpoint import (
     write_text_atomic,
 )
 from irdiff.colorfix import color_fix
-from irdiff.config import Config, ConfigError, dump_yaml, to_dict
+from irdiff.config import Config, ConfigError, dump_yaml, from_dict, to_dict
 from irdiff.data.datasets import BatchPlan, build_dataset, collate
 from irdiff.methods.base import Method
 from irdiff.registry import METHODS
@@ -302,10 +302,14 @@ def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], ckpt: P
             out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
         return out
 
+    try:  # fields added since the run started take their defaults on both sides
+        saved = to_dict(from_dict(Config, saved))
+    except (ConfigError, TypeError, ValueError):
+        pass
     a, b = flat(saved), flat(current)
-    allowed = {"train.steps", "train.val_every", "train.ckpt_every", "train.log_every", "train.keep_ckpts",
+    allowed = {"name", "train.steps", "train.val_every", "train.ckpt_every", "train.log_every", "train.keep_ckpts",
                "train.num_workers", "train.threads", "sample.val_max_images", "sample.val_save_images",
-               "sample.steps", "sample.sampler"}
+               "sample.steps", "sample.sampler", "sample.color_fix"}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
     if diff:
         raise ConfigError(f"{ckpt}: the run was started with a different config (differs in {', '.join(diff)});"

@@ -92,3 +92,45 @@ def test_cli_restore_with_mask(tmp_path, monkeypatch):
     code = cli.main(["restore", str(tmp_path / "b.png"), "-o", str(tmp_path / "o3.png"), "--mask",
                      str(tmp_path / "masks"), "--no-progress"])
     assert code != 0 and not (tmp_path / "o3.png").exists()
+
+
+def test_as_mask_dtypes_alpha_and_pil_modes():
+    m = np.zeros((4, 5), np.uint16)
+    m[1, 2] = 65535
+    assert as_mask(m).nonzero().tolist() == [[1, 2]]
+    assert as_mask(m.astype(np.uint32)).nonzero().tolist() == [[1, 2]]
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque alpha marks nothing
+    rgba[2, 3, 0] = 255
+    assert as_mask(rgba).nonzero().tolist() == [[2, 3]]
+    assert as_mask(Image.fromarray(rgba)).nonzero().tolist() == [[2, 3]]
+    f = np.zeros((4, 5), np.float32)
+    f[0, 0] = 1.0
+    assert as_mask(Image.fromarray(f)).nonzero().tolist() == [[0, 0]]  # mode F, values in [0, 1]
+    assert as_mask(Image.fromarray(m)).nonzero().tolist() == [[1, 2]]  # mode I;16
+    t = torch.zeros(4, 4, 5)
+    t[0, 3, 1] = 1.0
+    t[3] = 1.0  # a CxHxW tensor with 4 channels: the last one is alpha
+    assert as_mask(t).nonzero().tolist() == [[3, 1]]
+
+
+def test_cli_never_overwrites_masks_and_checks_noise_sigma(tmp_path, monkeypatch):
+    from irdiff import cli
+
+    img, mask = _image_and_mask()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    before = (tmp_path / "masks" / "a.png").read_bytes()
+    monkeypatch.setattr("irdiff.inference.load", lambda *a, **k: _restorer())
+    code = cli.main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "masks"), "--mask", str(tmp_path / "masks"),
+                     "--no-progress"])
+    assert code != 0 and (tmp_path / "masks" / "a.png").read_bytes() == before
+    # --noise-sigma is for IR-SDE's Denoising-SDE models only: a one-line error, exit 2, nothing written
+    assert cli.main(["restore", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "o.png"), "--mask",
+                     str(tmp_path / "masks"), "--noise-sigma", "15", "--no-progress"]) == 2
+    assert not (tmp_path / "o.png").exists()
+    # colour correction would change known pixels: refused with a mask
+    with pytest.raises(ValueError, match="color_fix cannot be combined with a mask"):
+        _restorer().restore(img, mask=mask, color_fix="wavelet", progress=False)

@@ -313,17 +313,20 @@ def test_clean_variant_drift_through_the_score_equals_the_mean_reverting_drift()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("steps", [1, 3, 20, [150, 90, 2, 0]])
+@pytest.mark.parametrize("steps", [1, 3, 20, "list"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_clean_variant_posterior_sampler_oracle_exact(steps, eta):
     m = IRSDE(num_steps=1000, lam=70, eps=0.04, mean_target="clean", noise_sigma=25)
+    t_star = m.start_step(25)
+    steps = [t_star, t_star // 2, 2, 0] if steps == "list" else steps
     x0, _ = images(4)
     y = noisy(x0, 25, 5)
     out = m.sample(clean_oracle(m, x0), y, steps=steps, generator=torch.Generator().manual_seed(6), eta=eta,
                    clamp=False)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="noise level is at step"):
-        m.sample(clean_oracle(m, x0), y, steps=[900, 0])
+    for wrong in ([t_star + 1, 0], [t_star - 1, 0]):  # must start where the input's noise level is
+        with pytest.raises(ValueError, match="noise level is at step"):
+            m.sample(clean_oracle(m, x0), y, steps=wrong)
 
 
 def test_clean_variant_euler_samplers_with_oracle_land_close():
@@ -339,3 +342,20 @@ def test_clean_variant_euler_samplers_with_oracle_land_close():
     noise_level = (y - x0).abs().mean().item()
     assert err["ode", 100] < err["ode", 10] < noise_level / 5
     assert err["sde", 100] < noise_level / 3
+
+
+def test_clean_variant_through_the_restorer_with_noise_sigma():
+    from irdiff.config import Config, from_dict
+    from irdiff.inference import Restorer
+
+    m = IRSDE(num_steps=1000, lam=70, eps=0.04, mean_target="clean", noise_sigma=25)
+    cfg = from_dict(Config, {"method": {"name": "irsde", "mean_target": "clean"}, "net": {"name": "unet"}})
+    clean = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    y = clean + 15 / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    class Oracle(nn.Module):
+        def forward(self, x, level, cond=None):
+            return clean_oracle(m, (clean * 2 - 1)[None])(x, level, cond)
+
+    r = Restorer(m, Oracle(), cfg, {})
+    out = r.restore(y, steps=5, progress=False, sample_kwargs={"noise_sigma": 15})
+    torch.testing.assert_close(out, clean, rtol=0, atol=1e-5)

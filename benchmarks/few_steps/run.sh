@@ -7,7 +7,7 @@
 #   STEPS=700          training steps per method          JOBS=2        trainings / benchmarks in parallel
 #   RUNS=runs/few_steps   where the runs go               OUT=benchmarks/few_steps/results
 #   BENCH_STEPS=1,2,5,10,20,50,100                        NICE=0
-#   METHODS="sr3 irsde cold rddm irsde_clean"             BENCH=1 (0: train only)
+#   METHODS="sr3 irsde cold rddm irsde_clean"             BENCH=1 (0: train only; 1 benchmarks all five)
 # Re-running resumes unfinished trainings from their checkpoints and redoes the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +38,9 @@ declare -A CONFIG=([sr3]=configs/sr3_denoise_s25.yaml [cold]=configs/cold_denois
                    [irsde_clean]=configs/irsde_denoise_s25.yaml)
 METHODS=${METHODS:-sr3 irsde cold rddm irsde_clean}
 
+for m in $METHODS; do
+  [[ -n "${CONFIG[$m]:-}" ]] || { echo "run.sh: unknown method '$m' in METHODS (known: ${!CONFIG[*]})" >&2; exit 2; }
+done
 mkdir -p "$RUNS"
 train_one() {
   local m=$1

@@ -236,7 +236,7 @@ class IRSDE(Method):
                 return cond.clamp(-1, 1) if clamp else cond
             if isinstance(steps, int | np.integer):
                 steps = step_indices(t_star, min(int(steps), t_star))
-            elif int(steps[0]) > t_star:
+            elif int(steps[0]) != t_star:
                 raise ValueError(f"steps start at {steps[0]} but the input's noise level is at step {t_star}")
         with torch.no_grad():
             x = SAMPLERS[name](self, net, self.start(cond, generator), cond, steps, generator, callback, **extra)
