@@ -54,7 +54,8 @@ def child(size: int, tile: int, overlap: int, tile_batch: int, run: str | None, 
         torch.manual_seed(0)
         restorer = Restorer(method, method.build_net(dict(cfg.net), 3), cfg, {})
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    total = len(tile_grid(size, size, tile or None, overlap, restorer.multiple))
+    sc = restorer.scale  # SR models: `size` is the input, the output is size * scale
+    total = len(tile_grid(size * sc, size * sc, tile or None, overlap, restorer.multiple))
     done = [0]
     infer = restorer._infer
 
@@ -71,7 +72,7 @@ def child(size: int, tile: int, overlap: int, tile_batch: int, run: str | None, 
     partial = False
     try:
         out = restorer.restore(image, tile=tile, overlap=overlap, tile_batch=tile_batch or None, progress=False)
-        assert out.shape == image.shape and out.dtype == image.dtype
+        assert out.shape == (size * sc, size * sc, 3) and out.dtype == image.dtype
     except _Stop:
         partial = True
     seconds = time.perf_counter() - t0
@@ -79,12 +80,18 @@ def child(size: int, tile: int, overlap: int, tile_batch: int, run: str | None, 
     row = {"size": size, "tile": tile or None, "overlap": overlap, "tile_batch": tile_batch,
            "peak_rss_mib": round(peak, 1), "rss_before_restore_mib": round(before, 1),
            "image_mib": round(image.nbytes / 2**20, 1), "tiles": total, "seconds": round(seconds, 2),
-           "mpix_per_s": round(size * size / 1e6 / seconds, 3)}
+           "output_size": size * sc, "output_mib": round(image.nbytes * sc * sc / 2**20, 1),
+           "mpix_per_s": round((size * sc) ** 2 / 1e6 / seconds, 3)}
     if partial:  # time extrapolated from the tiles done
         row.update(partial=True, tiles_done=done[0], seconds_measured=round(seconds, 2),
                    seconds=round(seconds * total / done[0], 2),
-                   mpix_per_s=round(size * size / 1e6 / (seconds * total / done[0]), 3))
+                   mpix_per_s=round((size * sc) ** 2 / 1e6 / (seconds * total / done[0]), 3))
     return row
+
+
+def _engine_mib(r: dict) -> float:
+    """Peak minus the caller's uint8 input and output images (the output is scale² larger for SR)."""
+    return r["peak_rss_mib"] - r["image_mib"] - r.get("output_mib", r["image_mib"])
 
 
 def machine() -> str:
@@ -126,7 +133,7 @@ def write_md(res: dict, path: Path) -> None:
             continue
         note = f" (first {r['tiles_done']} of {r['tiles']} tiles; time extrapolated)" if r.get("partial") else ""
         lines.append(f"| {r['size']}²{note} | {r['tile'] or 'whole'} | {r['overlap']} | {r['peak_rss_mib']:.0f} | "
-                     f"{r['rss_before_restore_mib']:.0f} | {r['peak_rss_mib'] - 2 * r['image_mib']:.0f} | "
+                     f"{r['rss_before_restore_mib']:.0f} | {_engine_mib(r):.0f} | "
                      f"{r['seconds']:.1f} | {r['mpix_per_s']:.3f} |")
     lines += ["", *res.get("summary", [])]
     path.write_text("\n".join(lines) + "\n")
