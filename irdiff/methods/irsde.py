@@ -115,6 +115,13 @@ class IRSDE(Method):
         theta_cumsum = np.cumsum(theta) - theta[0]  # θ̄_0 = 0 exactly: θ_0 is not a step
         self.dt = -math.log(self.eps) / theta_cumsum[-1]
         self.theta_bar = theta_cumsum * self.dt
+        # per-step tables for the loss (index t = 1..T; 0 is never used), built once
+        k = np.arange(1, self.num_steps + 1)
+        self._sd = np.sqrt(self.variance(np.arange(self.num_steps + 1)))  # √v_t
+        self._step = np.concatenate([[0.0], np.diff(self.theta_bar)])  # θ_t dt
+        self._score_coef = np.concatenate([[0.0], 2 * self.lam**2 * self._step[1:] / np.sqrt(self.variance(k))])
+        self._post_ct = self._per_step(lambda k: self.posterior_coefs(k, k - 1)[0])
+        self._post_c0 = self._per_step(lambda k: self.posterior_coefs(k, k - 1)[1])
 
     # --- schedule helpers (float64 numpy, vectorised over integer steps) ------------------------
     def mean_weight(self, t: Any) -> np.ndarray:
@@ -181,21 +188,22 @@ class IRSDE(Method):
     def optimal_prev(self, x_t: torch.Tensor, x0: torch.Tensor, mu: torch.Tensor,
                      t: torch.Tensor) -> torch.Tensor:
         """x*_{t−1}: the posterior mean of x_{t−1} given x_t and x0 (the paper's optimal reverse path)."""
-        c_t = self._per_step(lambda k: self.posterior_coefs(k, k - 1)[0])
-        c_0 = self._per_step(lambda k: self.posterior_coefs(k, k - 1)[1])
-        return mu + gather(c_t, t, x_t) * (x_t - mu) + gather(c_0, t, x_t) * (x0 - mu)
+        return mu + gather(self._post_ct, t, x_t) * (x_t - mu) + gather(self._post_c0, t, x_t) * (x0 - mu)
+
+    def reversion(self, x_t: torch.Tensor, mu: torch.Tensor | None, eps_hat: torch.Tensor,
+                  t: torch.Tensor | int) -> torch.Tensor:
+        """μ − x_t, the direction of the drift θ_t (μ − x_t). In the clean variant μ = x0 is unknown and
+        estimated by x̂0 = x_t − √v_t ε̂, so μ − x_t = −√v_t ε̂ = v_t·score: the reference's drift rewrite."""
+        if not self.clean_mean:
+            return mu - x_t
+        return -(gather(self._sd, t, x_t) if torch.is_tensor(t) else float(self._sd[t])) * eps_hat
 
     def reverse_sde_mean(self, x_t: torch.Tensor, eps_hat: torch.Tensor, mu: torch.Tensor,
                          t: torch.Tensor) -> torch.Tensor:
-        """Noise-free Euler–Maruyama reverse step x_t − [θ_t (μ − x_t) − σ_t² score] dt, score = −ε̂/√v_t."""
-        step = np.concatenate([[0.0], np.diff(self.theta_bar)])  # θ_t dt; t = 0 is never used
-        # σ_t² dt / √v_t, only for t >= 1: v_0 = 0
-        k = np.arange(1, self.num_steps + 1)
-        score_coef = np.concatenate([[0.0], 2 * self.lam**2 * step[1:] / np.sqrt(self.variance(k))])
-        if self.clean_mean:  # drift θ(x0 − x) = θ v_t·score: total −½σ²(1 + e^{−2θ̄_t})·score
-            score_coef = score_coef * 0.5 * (1 + np.exp(-2 * self.theta_bar))
-            return x_t - gather(score_coef, t, x_t) * eps_hat
-        return x_t - gather(step, t, x_t) * (mu - x_t) - gather(score_coef, t, x_t) * eps_hat
+        """Noise-free Euler–Maruyama reverse step x_t − [θ_t (μ − x_t) − σ_t² score] dt, score = −ε̂/√v_t
+        (σ_t² dt / √v_t is ``_score_coef``)."""
+        gap = self.reversion(x_t, mu, eps_hat, t)
+        return x_t - gather(self._step, t, x_t) * gap - gather(self._score_coef, t, x_t) * eps_hat
 
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,13 +289,10 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
     mu, x, lam2 = cond, x_T, method.lam**2
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         delta = float(method.theta_bar[t] - method.theta_bar[s])
-        score = -method.predict_noise(net, x, mu, t) / math.sqrt(method.variance(t))
+        eps_hat = method.predict_noise(net, x, mu, t)
+        score = -eps_hat / math.sqrt(method.variance(t))
         g2 = 2 * lam2 * delta  # σ² dt over the interval
-        if method.clean_mean:  # θ(x0 − x) = θ v_t·score = ½σ²(1 − e^{−2θ̄_t})·score
-            drift_mu = 0.5 * g2 * -math.expm1(-2 * float(method.theta_bar[t])) * score
-            x = x - drift_mu + (0.5 * g2 if ode else g2) * score
-        else:
-            x = x - delta * (mu - x) + (0.5 * g2 if ode else g2) * score
+        x = x - delta * method.reversion(x, mu, eps_hat, t) + (0.5 * g2 if ode else g2) * score
         if not ode:
             x = x + math.sqrt(g2) * randn_like(x, generator)
         if callback is not None:
