@@ -174,6 +174,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             masks[f] = e
     # neither the images nor their masks may be overwritten
     inputs = {f.resolve() for f in files} | {m.resolve() for m in masks.values() if isinstance(m, Path)}
+    limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
     failed = len(errors)
     show = not args.no_progress
     images = tqdm(list(zip(files, targets)), disable=not show or len(files) == 1, desc="images", unit="img")
@@ -184,7 +185,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 raise ValueError(f"{target}: refusing to overwrite an input image or mask")
             if isinstance(masks.get(f), Exception):
                 raise masks[f]
-            limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
             arr = read_array(f, limit)
             mask = read_array(masks[f], limit) if args.mask else None
             g = torch.Generator(device=args.device)
@@ -290,9 +290,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from irdiff.train import build_method
 
     config = from_dict(Config, cfg)
-    scale = build_method(config).scale
     print(f"training data: {train.get('gt_dir') or train.get('name')}  degradation: {train.get('degradation')}"
-          f"  scale: {scale if scale > 1 else model_scale(config)}")
+          f"  scale: {model_scale(config, build_method(config))}")
     for k, v in _flat_metrics(meta.get("metrics") or {}):
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0

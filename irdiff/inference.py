@@ -84,8 +84,11 @@ def resolve_model(name_or_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
                                          "metrics": state.get("metrics", {}), "from_checkpoint": True}
 
 
-def model_scale(cfg: Config) -> int:
-    """Output size / input size: data.train.scale, or the scale of a bicubic_down degradation."""
+def model_scale(cfg: Config, method: Method | None = None) -> int:
+    """Output size / input size: the method's own (Cold's pixelation), else data.train.scale, else the
+    scale of a bicubic_down degradation."""
+    if method is not None and method.scale > 1:
+        return method.scale
     spec = cfg.data.train
     if spec.scale > 1:
         return int(spec.scale)
@@ -207,7 +210,7 @@ class Restorer:
         self.method, self.net, self.cfg, self.meta = method, net.eval(), cfg, meta
         self.device = torch.device(device)
         self.net.to(self.device)
-        self.scale = method.scale if method.scale > 1 else model_scale(cfg)
+        self.scale = model_scale(cfg, method)
         self.channels = cfg.img_channels
         # tiles start on the net's down-sampling grid, and on whole LR pixels for SR
         m = int(getattr(net, "multiple", 1) or 1)
