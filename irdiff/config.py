@@ -40,6 +40,9 @@ class DataSpec:
     num_images: int = 64  # deadleaves: how many procedural images
     image_size: int = 128  # deadleaves: their size
     cache: bool = True  # keep decoded files in memory (small sets)
+    # synthetic: this share of items is made grey (luma in all channels, the same degradation in each), so
+    # a colour model also restores grey photos, which inference feeds to it as three equal channels
+    grey_fraction: float = 0.0
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     num_workers: int = 0
     threads: int | None = None  # torch threads per process (None: torch's default)
+    init_from: str | None = None  # start from these weights (bundled name, run or model folder); not on resume
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -262,6 +266,7 @@ def validate(cfg: Config) -> None:
         if spec.name not in DATASETS:
             raise ConfigError(f"{where}.name: unknown dataset {spec.name!r}; known: {', '.join(DATASETS.names())}")
         need(spec.scale in (1, 2, 3, 4), f"{where}.scale", f"must be 1, 2, 3 or 4, got {spec.scale}")
+        need(0 <= spec.grey_fraction <= 1, f"{where}.grey_fraction", f"must be in [0, 1], got {spec.grey_fraction}")
         if spec.patch_size is not None:
             need(spec.patch_size >= 8 and spec.patch_size % spec.scale == 0, f"{where}.patch_size",
                  f"must be >= 8 and a multiple of scale, got {spec.patch_size}")

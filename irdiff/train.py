@@ -186,6 +186,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
+    if tc.init_from and latest_checkpoint(run_dir) is None:
+        _init_weights(model, method, tc.init_from)
     ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
               include_online_model=False)
     ema.to(device)
@@ -291,6 +293,27 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
     accel.end_training()
     return {"step": step, "metrics": last_metrics, "bad_steps": bad_total, "seconds": time.time() - t0,
             "run_dir": str(run_dir)}
+
+
+def _init_weights(model: nn.Module, method: Method, source: str) -> None:
+    """Fine-tune / continue a schedule in chunks: copy a trained model's weights (its EMA for a run
+    directory) into the fresh net. The architecture must match exactly."""
+    from irdiff.inference import resolve_model
+
+    weights, _, meta = resolve_model(source)
+    tensors = load_tensors(weights)
+    if meta.get("from_checkpoint"):
+        tensors = {k[len("ema_model."):]: v for k, v in tensors.items() if k.startswith("ema_model.")}
+        target = model
+    else:
+        target = method.inference_net(model)
+    own = target.state_dict()
+    tensors = {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()}
+    try:
+        target.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ConfigError(f"train.init_from: {weights} does not fit the configured net "
+                          f"({str(e).splitlines()[0]})") from None
 
 
 def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], ckpt: Path) -> None:

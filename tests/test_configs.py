@@ -67,6 +67,7 @@ def tiny(path: Path, folders: Path) -> dict:
         spec["max_images"] = 1 if key == "val" and spec.get("name") != "paired" else None
         spec["first_image"] = 0
     data["train"].update(steps=2, batch_size=2, ckpt_every=2, val_every=0, log_every=1)
+    data["train"].pop("init_from", None)  # the tiny net cannot take the full-size weights
     data["sample"].update(steps=2, val_max_images=1, val_save_images=1)
     return data
 

@@ -103,3 +103,23 @@ def test_dead_leaves_and_collate():
     assert a.std() > 0.05  # not flat
     batch = collate([{"gt": a}, {"gt": b}])
     assert batch["gt"].shape == (2, 3, 48, 48)
+
+
+def test_grey_fraction_makes_equal_channels_with_one_noise_plane():
+    from irdiff.config import DataSpec
+    from irdiff.data.datasets import build_dataset
+
+    spec = DataSpec(name="deadleaves", num_images=40, image_size=32, patch_size=None,
+                    degradation={"name": "awgn", "sigma": 25}, grey_fraction=0.5)
+    ds = build_dataset(spec, 0, train=True)
+    greys = 0
+    for i in range(40):
+        item = ds[(0, i)]
+        same = torch.equal(item["lq"][0], item["lq"][1]) and torch.equal(item["lq"][1], item["lq"][2])
+        assert same == (torch.equal(item["gt"][0], item["gt"][1]) and torch.equal(item["gt"][0], item["gt"][2]))
+        if same:
+            greys += 1
+            assert (item["lq"][0] - item["gt"][0]).std() * 255 > 15  # noisy, with the same noise in each channel
+    assert 10 <= greys <= 30  # about half of 40
+    off = build_dataset(DataSpec(**{**spec.__dict__, "grey_fraction": 0.0}), 0, train=True)
+    assert not any(torch.equal(off[(0, i)]["lq"][0], off[(0, i)]["lq"][1]) for i in range(10))

@@ -109,3 +109,27 @@ def test_nan_guard_stops_after_max_bad_steps(tmp_path, image_folder, monkeypatch
     with pytest.raises(TrainingError, match="non-finite"):
         train(tiny_config(image_folder, steps=50, max_bad_steps=4), tmp_path / "r", progress=False)
     assert len(calls) == 4
+
+
+def test_init_from_copies_a_trained_model_and_refuses_another_shape(tmp_path):
+    """train.init_from starts a run from another run's exported weights (a schedule in chunks)."""
+    import irdiff
+    from irdiff.config import ConfigError, load_config
+    from irdiff.train import train as run_training
+
+    base = {"name": "a", "seed": 0, "net": {"name": "nafnet", "width": 8, "enc_blocks": [1], "middle_blocks": 1,
+                                           "dec_blocks": [1]},
+            "data": {"train": {"name": "deadleaves", "num_images": 4, "image_size": 32, "patch_size": 16,
+                               "degradation": {"name": "awgn", "sigma": 25}}},
+            "train": {"steps": 2, "batch_size": 2, "ckpt_every": 2}}
+    run_training(load_config(base=base), tmp_path / "first", progress=False)
+    first = irdiff.load(tmp_path / "first").net.state_dict()
+    second = {**base, "seed": 5, "train": {**base["train"], "steps": 0 + 1, "lr": 1e-12,
+                                            "init_from": str(tmp_path / "first")}}
+    run_training(load_config(base=second), tmp_path / "second", progress=False)
+    got = irdiff.load(tmp_path / "second").net.state_dict()
+    # one step at lr 1e-12 and EMA from the copied weights: equal to the first run's export up to ~1e-9
+    assert all(torch.allclose(got[k], first[k], atol=1e-6) for k in first)
+    wider = {**second, "net": {**base["net"], "width": 16}}
+    with pytest.raises(ConfigError, match="init_from"):
+        run_training(load_config(base=wider), tmp_path / "third", progress=False)

@@ -160,6 +160,9 @@ class PairedFolders(_Base):
         return {"gt": gt, "lq": lq}
 
 
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's convert("L")
+
+
 class _CleanSource(_Base):
     """Clean images + an on-the-fly degradation (shared by folder and procedural sources)."""
 
@@ -185,7 +188,16 @@ class _CleanSource(_Base):
             gt = _crop(gt, top, left, ps)
         if self.train and self.spec.augment:
             (gt,) = augment([gt], g)
+        grey = self.spec.grey_fraction > 0 and float(torch.rand((), generator=g)) < self.spec.grey_fraction
+        colours = gt.shape[0]
+        if grey and colours == 3:
+            gt = torch.einsum("c,chw->hw", _LUMA.to(gt.dtype), gt)[None]
         out = self.degrade(gt, g)
+        if grey and colours == 3:  # one grey plane, degraded once, shown to the net as three equal channels
+            gt = gt.expand(3, -1, -1).contiguous()
+            out = (out[0] if isinstance(out, tuple) else out).expand(3, -1, -1).contiguous(), *(
+                out[1:] if isinstance(out, tuple) else ())
+            out = out if len(out) > 1 else out[0]
         item = {"gt": gt}
         if isinstance(out, tuple):
             out, item["mask"] = out
