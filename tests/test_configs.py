@@ -68,6 +68,8 @@ def tiny(path: Path, folders: Path) -> dict:
         spec["first_image"] = 0
     data["train"].update(steps=2, batch_size=2, ckpt_every=2, val_every=0, log_every=1)
     data["train"].pop("init_from", None)  # the tiny net cannot take the full-size weights
+    # accelerate keeps one mixed-precision state per process: the tiny runs share one (bf16 is tested apart)
+    data["train"]["mixed_precision"] = "no"
     data["sample"].update(steps=2, val_max_images=1, val_save_images=1)
     return data
 
