@@ -9,8 +9,11 @@ perturbs every parameter (so no layer is trivially zero or one), and writes:
   (the U-Net under ``denoise_fn.`` plus the schedule buffers ``betas``, ``alphas_cumprod``, ...);
 - ``parity.safetensors``: a fixed input (``x``, ``cond``, ``level`` = √γ) and the official U-Net's output
   ``out`` = UNet(cat[cond, x], √γ); and the official sampler's result ``sample`` (``p_sample_loop``
-  over the whole reduced schedule, torch's global RNG seeded with ``seed``) for the condition ``cond``;
-- ``meta.json``: the official commit, the architecture and schedule, the seed, this command.
+  over the whole reduced schedule, torch's global RNG seeded with ``seed``) for the condition ``cond[:1]``;
+- ``meta.json``: the official commit, the architecture and schedule, the seed, this command;
+- ``shapes.json``: for each released config (config/sr_sr3_16_128.json, config/sr_sr3_64_512.json), its
+  U-Net arguments as define_G passes them and the full-size official U-Net's state_dict key -> shape (built
+  on the meta device: no memory), so tests check our defaults and key mapping at the real sizes.
 
 Only the architecture and diffusion files are imported (the package imports wandb/lmdb/tensorboard).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +57,16 @@ def load_file(path: Path, name: str):
     return mod
 
 
+def official_json(path: Path) -> dict:
+    """The official configs are JSON with // comments."""
+    lines = [re.sub(r"(^|[\s,{\[])//.*$", r"\1", line) for line in path.read_text().splitlines()]
+    return json.loads("\n".join(lines))
+
+
+def key_shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
 def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
     """Add seeded noise to every parameter: zero-initialised layers and unit norms become informative."""
     g = torch.Generator().manual_seed(seed)
@@ -62,13 +76,14 @@ def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
 
 
 def write_fixture(out_dir: Path, checkpoint: dict[str, torch.Tensor], ckpt_name: str,
-                  tensors: dict[str, torch.Tensor], meta: dict) -> None:
+                  tensors: dict[str, torch.Tensor], meta: dict, shapes: dict) -> None:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out_dir / ckpt_name)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "parity.safetensors"))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out_dir / "shapes.json").write_text(json.dumps(shapes, indent=0) + "\n")
     total = sum(f.stat().st_size for f in out_dir.iterdir())
     print(f"wrote {out_dir} ({total / 1e6:.2f} MB)")
 
@@ -98,15 +113,29 @@ def main() -> None:
     with torch.no_grad():
         out = net(torch.cat([cond, x], dim=1), level.view(-1, 1))  # (B, 1), as p_mean_variance feeds it
         torch.manual_seed(SEED + 3)
-        # continous=True returns every step along the batch axis; the final samples are the last B
-        sample = netG.super_resolution(cond, continous=True)[-cond.shape[0]:]
+        # one image: irdiff's Restorer samples image by image (continous=False returns ret_img[-1], which
+        # for a batch would be the last image only)
+        sample = netG.super_resolution(cond[:1])[None]
+
+    shapes = {}
+    for task, cfg_file in (("sr_16_128", "sr_sr3_16_128.json"), ("sr_64_512", "sr_sr3_64_512.json")):
+        model = official_json(args.repo / "config" / cfg_file)["model"]
+        u = model["unet"]
+        # as model/networks.py define_G builds it (norm_groups defaults to 32 there)
+        kwargs = dict(in_channel=u["in_channel"], out_channel=u["out_channel"], norm_groups=u.get("norm_groups") or 32,
+                      inner_channel=u["inner_channel"], channel_mults=u["channel_multiplier"], attn_res=u["attn_res"],
+                      res_blocks=u["res_blocks"], dropout=u["dropout"], image_size=model["diffusion"]["image_size"])
+        with torch.device("meta"):
+            full = unet.UNet(**kwargs)
+        shapes[task] = {"config": cfg_file, "unet": kwargs, "beta_schedule": model["beta_schedule"],
+                        "keys": key_shapes(full)}
 
     meta = {"official_repo": "https://github.com/Janspiry/Image-Super-Resolution-via-Iterative-Refinement",
             "commit": commit, "arch": ARCH, "schedule": SCHEDULE, "sample_seed": SEED + 3,
             "command": "python scripts/official_parity_sr3.py <checkout>",
             "forward": "out = UNet(cat[cond, x], level), level = sqrt(gamma)"}
     write_fixture(args.out, netG.state_dict(), "gen.pth",
-                  {"x": x, "cond": cond, "level": level, "out": out, "sample": sample}, meta)
+                  {"x": x, "cond": cond, "level": level, "out": out, "sample": sample}, meta, shapes)
 
 
 if __name__ == "__main__":
