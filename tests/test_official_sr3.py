@@ -3,6 +3,7 @@ scripts/official_parity_sr3.py from Janspiry/Image-Super-Resolution-via-Iterativ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import irdiff
+from irdiff.config import Config, from_dict, validate
 from irdiff.official import OfficialCheckpointError, convert
 from irdiff.official import sr3 as sr3_format
 
@@ -24,11 +26,16 @@ def fixture(root: Path = FIX) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((root / "meta.json").read_text()), load_file(str(root / "parity.safetensors"))
 
 
-def export_model(net: torch.nn.Module, config: dict, out: Path) -> Path:
-    """What ``irdiff import`` writes: model.safetensors + model.json {"config": ...}."""
+def export_model(net: torch.nn.Module, settings: dict, out: Path) -> Path:
+    """What ``irdiff import`` writes: model.safetensors + model.json {"config": the Config keys of
+    model_json's settings (validated), "official": the other keys (notes)}."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    config = {k: v for k, v in settings.items() if k in fields}
+    validate(from_dict(Config, config))
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "model.json").write_text(json.dumps({"config": config}))
+    notes = {k: v for k, v in settings.items() if k not in fields}
+    (out / "model.json").write_text(json.dumps({"config": config, "official": notes}))
     return out
 
 

@@ -22,6 +22,7 @@ import torch
 
 from irdiff.nets.official_palette import OfficialPaletteUNet, rename_official
 from irdiff.official import OfficialCheckpointError, OfficialFormat, register_format, strip_prefix
+from irdiff.official.sr3 import framework_fields
 
 # config/inpainting_celebahq.json = config/inpainting_places2.json ("module_name": "guided_diffusion")
 DEFAULTS: dict[str, Any] = dict(in_channel=6, out_channel=3, inner_channel=64, channel_mults=[1, 2, 4, 8],
@@ -33,6 +34,8 @@ DEFAULT_TASK = "inpainting_celebahq"
 SCHEDULE = dict(num_steps=1000, schedule="linear", beta_start=1e-4, beta_end=0.09)
 
 _UNET_KEYS = ("cond_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight")
+PAPER = ("Saharia et al., Palette: Image-to-Image Diffusion Models, SIGGRAPH 2022 "
+         "(weights: Janspiry's unofficial implementation)")
 
 
 def build(in_channel: int = 6, out_channel: int = 3, **arch: Any) -> OfficialPaletteUNet:
@@ -79,8 +82,16 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
         "data": {"train": {"name": "synthetic", "patch_size": arch["image_size"],
                            "degradation": {"name": "mask", "kind": "mixed"}}},
         "sample": {"sampler": "ddpm", "steps": SCHEDULE["num_steps"]},
+        # notes for model.json / the card (not config keys)
+        "value_range": [-1, 1],
+        "padding_multiple": 2 ** (len(arch["channel_mults"]) - 1),
+        "reference": "Janspiry/Palette-Image-to-Image-Diffusion-Models (an unofficial Palette implementation), "
+                     f"config/{task}.json, run.py -p test: the 'test' schedule, 1000 DDPM steps from the condition",
+        "ema": "the official test samples with {epoch}_Network.pth (not EMA); {epoch}_Network_ema.pth, the EMA "
+               "copy, imports the same way: the file given is the one taken",
     }
 
 
-FORMAT = register_format(OfficialFormat(name="palette", defaults=DEFAULTS, build=build, select=select,
-                                        rename=rename_official, model_json=model_json, tasks=TASKS))
+FORMAT = register_format(OfficialFormat(
+    name="palette", defaults=DEFAULTS, build=build, select=select, rename=rename_official, model_json=model_json,
+    tasks=TASKS, **framework_fields(paper=PAPER)))

@@ -37,6 +37,8 @@ DEFAULT_TASK = "sr_16_128"
 SCHEDULE = dict(num_steps=2000, schedule="linear", beta_start=1e-6, beta_end=1e-2)
 
 _UNET_KEYS = ("noise_level_mlp.1.weight", "final_conv.block.3.weight")
+PAPER = ("Saharia et al., Image Super-Resolution via Iterative Refinement, TPAMI 2022 "
+         "(weights: Janspiry's unofficial implementation)")
 
 
 def arch_for(task: str | None, **arch: Any) -> dict[str, Any]:
@@ -90,8 +92,21 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
         # the LR input is bicubic-upsampled by the scale (the official data: PIL bicubic, see docs)
         "data": {"train": {"name": "paired", "scale": TASK_SCALE[task], "patch_size": arch["image_size"]}},
         "sample": {"sampler": "ddpm", "steps": SCHEDULE["num_steps"]},
+        # notes for model.json / the card (not config keys)
+        "value_range": [-1, 1],
+        "padding_multiple": 2 ** (len(arch["channel_mults"]) - 1),
+        "reference": "Janspiry/Image-Super-Resolution-via-Iterative-Refinement (an unofficial SR3 implementation), "
+                     f"config/sr_sr3_{task[3:]}.json, sr.py -p val: 2000 DDPM steps, x0 clipped",
+        "ema": "none in this repository (its gen.pth is the trained net)",
     }
 
 
-FORMAT = register_format(OfficialFormat(name="sr3", defaults=DEFAULTS, build=build, select=select,
-                                        rename=rename_official, model_json=model_json, tasks=tuple(TASK_ARCH)))
+def framework_fields(**fields: Any) -> dict[str, Any]:
+    """The fields of OfficialFormat that the framework's version has (task_defaults and paper arrive with
+    irdiff import; the committed skeleton lacks them)."""
+    return {k: v for k, v in fields.items() if k in OfficialFormat.__dataclass_fields__}
+
+
+FORMAT = register_format(OfficialFormat(
+    name="sr3", defaults=DEFAULTS, build=build, select=select, rename=rename_official, model_json=model_json,
+    tasks=tuple(TASK_ARCH), **framework_fields(task_defaults=TASK_ARCH, paper=PAPER)))
