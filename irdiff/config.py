@@ -265,7 +265,8 @@ def validate(cfg: Config) -> None:
         where = f"data.{key}"
         if spec.name not in DATASETS:
             raise ConfigError(f"{where}.name: unknown dataset {spec.name!r}; known: {', '.join(DATASETS.names())}")
-        need(spec.scale in (1, 2, 3, 4), f"{where}.scale", f"must be 1, 2, 3 or 4, got {spec.scale}")
+        # 8: the SR3 face models (16->128, 64->512) imported with irdiff import --format sr3
+        need(spec.scale in (1, 2, 3, 4, 8), f"{where}.scale", f"must be 1, 2, 3, 4 or 8, got {spec.scale}")
         need(0 <= spec.grey_fraction <= 1, f"{where}.grey_fraction", f"must be in [0, 1], got {spec.grey_fraction}")
         if spec.patch_size is not None:
             need(spec.patch_size >= 8 and spec.patch_size % spec.scale == 0, f"{where}.patch_size",
