@@ -17,6 +17,13 @@ marginal is x_t = x0 + √v_t ε, a pure noise-level SDE. The net sees (x_t, t/T
 √v_{t*} = σ, so sampling starts from y itself at t* (σ, ``noise_sigma``, must be known) and the
 posterior sampler uses x̂0 = x_t − √v_t ε̂ and q(x_s | x_t, x̂0) with μ = x̂0.
 
+Prediction targets (``prediction``: eps | x0 | v, default eps, ``irdiff.methods.targets``): in the
+net's coordinates y_t = x_t − μ = α y0 + σ ε with α = e^{−θ̄_t}, σ = √v_t and y0 = x0 − μ (clean variant:
+y_t = x_t, α = 1, y0 = x0), so "x0" means the residual x0 − μ in the general form and v = (α ε − σ y0)/r,
+r = √(α² + σ²). Whatever the net outputs is turned into (ε̂, x̂0) before any sampler or the optimal-path
+loss uses it; the noise-matching loss compares the output to its own target, optionally weighted by
+min-SNR-γ (SNR = α²/σ²). ``noise_level_input: log_snr`` feeds log(α²/σ²)/10 instead of t/T.
+
 Differences from the reference code (deliberate):
 - images are in [−1, 1] (the reference uses [0, 1]), so λ is doubled: the config's ``lam`` is on the
   0–255 scale of a [0, 1] image (10 for deraining/deblurring, 30 for SR/inpainting) and the
@@ -36,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from irdiff.methods import targets
 from irdiff.methods.base import (
     Callback,
     Method,
@@ -76,7 +84,9 @@ class IRSDE(Method):
     std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
     ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
     Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
-    the 0–255 scale, where sampling starts; must be < lam).
+    the 0–255 scale, where sampling starts; must be < lam), ``prediction`` (eps | x0 | v),
+    ``min_snr_gamma`` (None or γ_w > 0; noise-matching loss only), ``noise_level_input`` ("t": t/T, the
+    default; "log_snr": log-SNR / 10).
     """
 
     noise_level_dim = 1
@@ -87,7 +97,16 @@ class IRSDE(Method):
 
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
                  loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0,
-                 mean_target: str = "lq", noise_sigma: float = 25.0):
+                 mean_target: str = "lq", noise_sigma: float = 25.0, prediction: str = "eps",
+                 min_snr_gamma: float | None = None, noise_level_input: str = "t"):
+        self.prediction = targets.check_prediction(prediction)
+        if min_snr_gamma is not None and (loss_type != "noise" or min_snr_gamma <= 0):
+            raise ValueError(f"min_snr_gamma needs loss_type: noise and a value > 0, got {min_snr_gamma} with "
+                             f"loss_type {loss_type}")
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
+        if noise_level_input not in ("t", "log_snr"):
+            raise ValueError(f"noise_level_input must be t or log_snr, got {noise_level_input!r}")
+        self.noise_level_input = noise_level_input
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if lam <= 0:
@@ -162,15 +181,38 @@ class IRSDE(Method):
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels if self.clean_mean else 2 * img_channels
 
-    def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None,
-                      t: torch.Tensor | int) -> torch.Tensor:
-        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor."""
-        if not torch.is_tensor(t):
-            t = torch.full((x.shape[0],), int(t), device=x.device)
-        level = t.to(device=x.device, dtype=x.dtype) / self.num_steps
+    def target_coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α, σ) of y_t = α y0 + σ ε in the net's coordinates, as (B, 1, 1, 1) tensors like ``like``."""
+        k = np.arange(self.num_steps + 1)
+        alpha = np.ones(self.num_steps + 1) if self.clean_mean else self.mean_weight(k)
+        return gather(alpha, t, like), gather(self._sd, t, like)
+
+    def net_output(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor
+                   ) -> torch.Tensor:
+        """net(x_t − μ, level, cond=μ) (clean variant: net(x_t, level)); level t/T or log-SNR / 10."""
+        if self.noise_level_input == "log_snr":
+            alpha, sigma = (c.view(-1) for c in self.target_coefs(t, x.double()))
+            level = targets.log_snr(alpha, sigma).to(x.dtype) / 10
+        else:
+            level = t.to(device=x.device, dtype=x.dtype) / self.num_steps
         if self.clean_mean:
             return net(x, level, None)
         return net(x - mu, level, cond=mu)
+
+    def predict(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor | int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂0) from the net at step t (an int or a (B,) integer tensor), whatever its ``prediction``."""
+        if not torch.is_tensor(t):
+            t = torch.full((x.shape[0],), int(t), device=x.device)
+        y = x if self.clean_mean else x - mu
+        eps_hat, y0_hat = targets.split(self.prediction, self.net_output(net, x, mu, t), y,
+                                        *self.target_coefs(t, x))
+        return eps_hat, (y0_hat if self.clean_mean else mu + y0_hat)
+
+    def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None,
+                      t: torch.Tensor | int) -> torch.Tensor:
+        """ε̂ from the net at step t (its output itself for ``prediction: eps``)."""
+        return self.predict(net, x, mu, t)[0]
 
     def predict_x0(self, x: torch.Tensor, mu: torch.Tensor | None, eps_hat: torch.Tensor, t: int) -> torch.Tensor:
         """x̂0 = μ + (x_t − μ − √v_t ε̂) e^{θ̄_t}; clean variant x̂0 = x_t − √v_t ε̂ (t >= 1; not clamped)."""
@@ -214,13 +256,19 @@ class IRSDE(Method):
         if noise is None:
             noise = randn_like(x0, generator)
         x_t = self.q_sample(x0, mu, t, noise)
-        eps_hat = self.predict_noise(net, x_t, mu, t)
+        alpha, sigma = self.target_coefs(t, x0)
+        out = self.net_output(net, x_t, mu, t)
         if self.loss_type == "noise":
-            pred, target = eps_hat, noise
+            pred, target = out, targets.target(self.prediction, x0 if self.clean_mean else x0 - mu, noise, alpha, sigma)
         else:
+            y = x_t if self.clean_mean else x_t - mu
+            eps_hat = targets.split(self.prediction, out, y, alpha, sigma)[0]
             pred, target = self.reverse_sde_mean(x_t, eps_hat, mu, t), self.optimal_prev(x_t, x0, mu, t)
         err = (pred - target).abs() if self.loss_norm == "l1" else (pred - target) ** 2
-        return per_sample_mean(err)
+        if self.min_snr_gamma is None:
+            return per_sample_mean(err)
+        snr = (alpha / sigma).view(-1) ** 2
+        return per_sample_mean(err) * targets.min_snr_weight(self.prediction, snr, self.min_snr_gamma)
 
     def start(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """x_T = μ + λ ε (the reference's start; the exact marginal would need x0). Clean variant: the
@@ -265,7 +313,7 @@ def posterior_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: to
     ts = timesteps(method.num_steps, steps)
     mu, x = cond, x_T
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        x0_hat = method.predict_x0(x, mu, method.predict_noise(net, x, mu, t), t)
+        x0_hat = method.predict(net, x, mu, t)[1]
         c_t, c_0, var = method.posterior_coefs(t, s)
         m = x0_hat if method.clean_mean else mu  # clean variant: μ = x0, estimated by x̂0
         x = m + float(c_t) * (x - m) + float(c_0) * (x0_hat - m)

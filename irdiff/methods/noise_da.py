@@ -27,6 +27,9 @@ carry the step. ``loss_terms`` returns every term for tests and diagnostics; ``l
 The trained module is a ``NoiseDANet`` (R and ε_θ) whose forward runs the whole step, so that a DDP
 wrapper all-reduces both nets' gradients. With λ_dif = 0, ε_θ gets no gradient (DDP would need
 find_unused_parameters); the ``regression`` method with ``loss_type: charbonnier`` is that baseline.
+
+``prediction`` (eps | x0 | v, default eps as the paper) sets what the teacher ε_θ outputs and what its
+MSEs (positive and negative) are measured against (``irdiff.methods.targets`` with α = √γ, σ = √(1−γ)).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from irdiff.methods import targets
 from irdiff.methods.base import Callback, Method, gather, linear_betas, per_sample_mean, rand, randint, randn_like
 from irdiff.methods.regression import charbonnier
 from irdiff.registry import METHODS, NETS
@@ -89,7 +93,8 @@ class NoiseDA(Method):
     def __init__(self, lambda_dif: float = 0.2, ramp_steps: int | None = None, diffusion_steps: int = 1000,
                  beta_start: float = 1e-6, beta_end: float = 1e-2, channel_shuffle: bool = True,
                  contrastive: bool = True, margin: float = 0.1, charbonnier_eps: float = 1e-3,
-                 diffusion_net: dict | None = None):
+                 diffusion_net: dict | None = None, prediction: str = "eps"):
+        self.prediction = targets.check_prediction(prediction)
         if lambda_dif < 0:
             raise ValueError(f"lambda_dif must be >= 0, got {lambda_dif}")
         self.lambda_dif, self.ramp_steps = lambda_dif, ramp_steps
@@ -172,6 +177,7 @@ class NoiseDA(Method):
             swap_neg = self._swap_mask(B, generator, y.device) if self.contrastive else None
             g4 = gamma.view(-1, 1, 1, 1)
             y_noisy = g4.sqrt() * y + (1 - g4).sqrt() * eps
+            want = targets.target(self.prediction, y, eps, g4.sqrt(), (1 - g4).sqrt())
 
         def step(restorer: nn.Module, diffusion: nn.Module) -> dict[str, torch.Tensor]:
             r_s, r_r = restorer(x_s, None), restorer(x_r, None)
@@ -180,11 +186,11 @@ class NoiseDA(Method):
             if not diffuse:
                 return out
             eps_pos = diffusion(y_noisy, gamma, shuffle_slots(yhat_s, yhat_r, swap))
-            out["mse_pos"] = per_sample_mean((eps_pos - eps) ** 2)
+            out["mse_pos"] = per_sample_mean((eps_pos - want) ** 2)
             if self.contrastive:
                 # residuals swapped across domains; the same ε and γ (hence the same ỹ_γ) as the positives
                 eps_neg = diffusion(y_noisy, gamma, shuffle_slots(x_s + r_r, x_r + r_s, swap_neg))
-                out["mse_neg"] = per_sample_mean((eps_neg - eps) ** 2)
+                out["mse_neg"] = per_sample_mean((eps_neg - want) ** 2)
             return out
 
         out = self._run(net, step)

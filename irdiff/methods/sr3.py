@@ -18,6 +18,11 @@ the authors'); images are in [−1, 1].
 Because the net sees γ, not t, sampling may use any subset of the training levels: ``ddim`` (default,
 η from the config, 0 = deterministic) and ``ddpm`` (ancestral, β re-derived from consecutive ᾱ of the
 subset, posterior variance β̃). Both clamp the predicted y0 to [−1, 1] when ``clip_x0``.
+
+``prediction`` (eps | x0 | v, default eps) picks what the net outputs (``irdiff.methods.targets``: with
+α = √γ, σ = √(1−γ), v = α ε − σ y0); the loss compares it to that target and the samplers turn it back
+into (ε̂, ŷ0) in ``predict``. ``min_snr_gamma`` weights each sample's loss by min(SNR, γ_w) over the
+target's SNR factor (Hang et al. 2023), SNR = γ/(1−γ).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from irdiff.methods import targets
 from irdiff.methods.base import (
     Callback,
     Method,
@@ -60,7 +66,10 @@ class SR3(Method):
             γ-fed nets cannot tell the low-noise levels apart (where the final detail is decided);
             √(1−γ) spreads them out. (Training draws γ uniformly in [ᾱ_t, ᾱ_{t−1}] whatever is fed; the
             SR3 repo draws √γ uniformly in [√ᾱ_t, √ᾱ_{t−1}]: the same intervals, a slightly different
-            density inside each.)
+            density inside each.) "log_snr" feeds log(γ/(1−γ)) / 10 (about −1 … 1.4 for the linear
+            schedule), which spreads both ends of the schedule evenly.
+        prediction: the net's output: "eps" (default), "x0" or "v" (see the module docstring).
+        min_snr_gamma: None (unweighted) or γ_w > 0 for the min-SNR-γ loss weight (5 in the paper).
         mask_channel: inpainting only: append the mask to the net's condition (irdiff's default); False
             gives the net [x, lq with noise in the hole] only, as Palette's released nets (in_channel 6).
         init_from_cond: inpainting only: sampling starts from the condition image itself (the known
@@ -74,9 +83,14 @@ class SR3(Method):
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
                  beta_end: float = 1e-2, loss_type: int = 1, inpainting: bool = False, clip_x0: bool = True,
                  eta: float = 0.0, noise_level_input: str = "noise_std", mask_channel: bool = True,
-                 init_from_cond: bool = False):
-        if noise_level_input not in ("noise_std", "gamma", "sqrt_gamma"):
-            raise ValueError(f"noise_level_input must be noise_std, gamma or sqrt_gamma, got {noise_level_input!r}")
+                 init_from_cond: bool = False, prediction: str = "eps", min_snr_gamma: float | None = None):
+        if noise_level_input not in ("noise_std", "gamma", "sqrt_gamma", "log_snr"):
+            raise ValueError("noise_level_input must be noise_std, gamma, sqrt_gamma or log_snr, "
+                             f"got {noise_level_input!r}")
+        self.prediction = targets.check_prediction(prediction)
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (or null), got {min_snr_gamma}")
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         if init_from_cond and not inpainting:
             raise ValueError("init_from_cond needs inpainting: true (it starts from the masked condition image)")
         self.noise_level_input = noise_level_input
@@ -166,11 +180,20 @@ class SR3(Method):
         if self.inpainting:
             x_t = torch.where(mask.to(x0.device) > 0.5, x_t, x0)
         pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), self.net_view(cond, x0.shape[1]))
-        err = (pred - noise).abs() if self.loss_type == 1 else (pred - noise) ** 2
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        alpha, sigma = (c.to(device=x0.device, dtype=x0.dtype).view(shape) for c in (gamma.sqrt(), (1 - gamma).sqrt()))
+        want = targets.target(self.prediction, x0, noise, alpha, sigma)
+        err = (pred - want).abs() if self.loss_type == 1 else (pred - want) ** 2
         if not self.inpainting:
-            return err.flatten(1).mean(1)
-        hole = mask.to(err.dtype).expand_as(err)
-        return (err * hole).flatten(1).sum(1) / hole.flatten(1).sum(1).clamp_min(1.0)
+            per_sample = err.flatten(1).mean(1)
+        else:
+            hole = mask.to(err.dtype).expand_as(err)
+            per_sample = (err * hole).flatten(1).sum(1) / hole.flatten(1).sum(1).clamp_min(1.0)
+        if self.min_snr_gamma is None:
+            return per_sample
+        snr = gamma / (1 - gamma).clamp_min(1e-300)
+        weight = targets.min_snr_weight(self.prediction, snr, self.min_snr_gamma)
+        return per_sample * weight.to(device=per_sample.device, dtype=per_sample.dtype)
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any
@@ -190,10 +213,12 @@ class SR3(Method):
 
     # --- helpers --------------------------------------------------------------------------------
     def net_level(self, gamma: torch.Tensor | float) -> torch.Tensor:
-        """The net's noise-level input for level γ (computed in float64): √(1−γ), γ or √γ."""
+        """The net's noise-level input for level γ (computed in float64): √(1−γ), γ, √γ or log-SNR / 10."""
         g = torch.as_tensor(gamma, dtype=torch.float64)
         if self.noise_level_input == "noise_std":
             return (1 - g).clamp_min(0).sqrt()
+        if self.noise_level_input == "log_snr":  # 1 − γ floored: a γ drawn within rounding of 1 stays finite
+            return (g.log() - (1 - g).clamp_min(1e-20).log()) / 10
         return g.sqrt() if self.noise_level_input == "sqrt_gamma" else g
 
     def _noisy(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -208,8 +233,8 @@ class SR3(Method):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, ŷ0) at level γ; ŷ0 clamped when ``clip_x0`` and ε̂ then made consistent with it."""
         level = torch.full((x.shape[0],), float(self.net_level(gamma)), device=x.device, dtype=x.dtype)
-        eps = net(x, level, self.net_view(cond, x.shape[1]))
-        x0 = (x - math.sqrt(1 - gamma) * eps) / math.sqrt(gamma)
+        out = net(x, level, self.net_view(cond, x.shape[1]))
+        eps, x0 = targets.split(self.prediction, out, x, math.sqrt(gamma), math.sqrt(1 - gamma))
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = (x - math.sqrt(gamma) * x0) / math.sqrt(1 - gamma)
