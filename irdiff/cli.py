@@ -236,19 +236,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write per-image and mean scores here")
     p.add_argument("--crop-border", type=int, default=0)
     p.add_argument("--y-channel", action="store_true")
+    p.add_argument("--niqe", action="store_true", help="also NIQE of each prediction (no reference, lower = better)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from irdiff.checkpoint import write_text_atomic
     from irdiff.metrics import evaluate_folders
 
-    res = evaluate_folders(args.pred, args.gt, crop_border=args.crop_border, y_channel=args.y_channel)
+    res = evaluate_folders(args.pred, args.gt, crop_border=args.crop_border, y_channel=args.y_channel, niqe=args.niqe)
     per = res["per_image"]
     width = max([len(n) for n in per] + [5])
     print(f"{'image':<{width}}  {'PSNR':>8}  {'SSIM':>7}")
     for name, s in per.items():
         print(f"{name:<{width}}  {s['psnr']:8.3f}  {s['ssim']:7.4f}")
     print(f"{'mean':<{width}}  {res['psnr']:8.3f}  {res['ssim']:7.4f}")
+    if args.niqe:
+        print(f"NIQE (mean of {res['count']}, per image in --json): {res['niqe']:.3f}")
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(res, indent=1))
     return 0

@@ -133,9 +133,11 @@ def ssim(img1: Any, img2: Any, crop_border: int = 0, y_channel: bool = False) ->
 
 
 def evaluate_folders(
-    pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, crop_border: int = 0, y_channel: bool = False
+    pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, crop_border: int = 0, y_channel: bool = False,
+    niqe: bool = False,
 ) -> dict[str, Any]:
-    """PSNR/SSIM of every prediction against the ground truth with the same file stem.
+    """PSNR/SSIM of every prediction against the ground truth with the same file stem; with ``niqe`` also
+    each prediction's NIQE (``irdiff.niqe``, no reference, lower = more natural; on the whole image).
 
     Returns ``{"psnr": mean, "ssim": mean, "count": n, "crop_border": .., "y_channel": ..,
     "per_image": {stem: {"psnr": .., "ssim": ..}}}``. Missing or extra files, duplicate stems and
@@ -176,10 +178,19 @@ def evaluate_folders(
             "psnr": psnr(pred, gt, crop_border, y_channel),
             "ssim": ssim(pred, gt, crop_border, y_channel),
         }
+        if niqe:
+            from irdiff.niqe import niqe as niqe_score
+
+            try:
+                per_image[stem]["niqe"] = niqe_score(pred)
+            except ValueError as e:
+                raise ValueError(f"{preds[stem]}: {e}") from None
     n = len(per_image)
+    means = {"niqe": sum(v["niqe"] for v in per_image.values()) / n} if niqe else {}
     return {
         "psnr": sum(v["psnr"] for v in per_image.values()) / n,
         "ssim": sum(v["ssim"] for v in per_image.values()) / n,
+        **means,
         "count": n,
         "crop_border": crop_border,
         "y_channel": y_channel,
