@@ -5,7 +5,8 @@ steps) with config overrides (e.g. another prediction target): train, then PSNR/
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/prediction_targets/e2e.py OUT_DIR sr3 \
         method.prediction=x0 [method.noise_level_input=log_snr] [method.min_snr_gamma=5]
 
-Needs the shared data (BSDS500-train400, CBSD68) where tests/conftest.py finds it.
+The test's SR3 case trains with ``prediction: x0`` (its METHOD_OVERRIDES); pass ``method.prediction=eps`` for
+the shipped config's ε. Needs the shared data (BSDS500-train400, CBSD68) where tests/conftest.py finds it.
 """
 
 from __future__ import annotations
