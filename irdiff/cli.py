@@ -285,9 +285,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"# {cfg.get('name', where.name)}")
     print(f"weights: {weights}")
     print(f"method: {cfg['method']['name']}  net: {cfg['net']['name']}  step: {meta.get('step')}")
+    from irdiff.build import build_method
     from irdiff.config import Config, from_dict
     from irdiff.inference import model_scale
-    from irdiff.train import build_method
 
     config = from_dict(Config, cfg)
     print(f"training data: {train.get('gt_dir') or train.get('name')}  degradation: {train.get('degradation')}"

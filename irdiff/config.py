@@ -54,6 +54,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    # keys that older runs saved and that mean nothing now: accepted and ignored, so their model.json loads
+    __retired__: typing.ClassVar[tuple[str, ...]] = ("num_workers",)
+
     steps: int = 1000
     batch_size: int = 8
     lr: float = 2e-4
@@ -71,8 +74,7 @@ class TrainConfig:
     val_every: int = 0  # 0 = only at the end
     ckpt_every: int = 500
     keep_ckpts: int = 2
-    max_bad_steps: int = 20  # stop after this many non-finite losses in a row
-    num_workers: int = 0
+    max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss or gradient
     threads: int | None = None  # torch threads per process (None: torch's default)
     init_from: str | None = None  # start from these weights (bundled name, run or model folder); not on resume
     device: str = "auto"  # auto | cpu | cuda
@@ -163,6 +165,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if k not in getattr(cls, "__retired__", ())}
     for key in data:
         if key not in names:
             path = f"{where}.{key}" if where else key

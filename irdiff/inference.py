@@ -500,7 +500,7 @@ def load(name_or_dir: str | Path, device: str = "cpu") -> Restorer:
 
     Reads only JSON and safetensors. fp16 weights are cast to the net's float32 parameters.
     """
-    from irdiff.train import build_method
+    from irdiff.build import build_method
 
     weights, _, meta = resolve_model(name_or_dir)
     cfg = from_dict(Config, meta["config"])

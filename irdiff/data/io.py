@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from irdiff.checkpoint import write_bytes_atomic
 
 __all__ = [
     "IMAGE_EXTS",
@@ -353,7 +354,7 @@ def write_image(
         kwargs = {"quality": int(quality)} if _PIL_FORMATS[ext] in ("JPEG", "WEBP") else {}
         img.save(buf, format=_PIL_FORMATS[ext], **kwargs)
         payload = buf.getvalue()
-    _atomic_write(path, payload)
+    write_bytes_atomic(path, payload)
     return path
 
 
@@ -387,21 +388,3 @@ def _encode_png16(arr: np.ndarray) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; images are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

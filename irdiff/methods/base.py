@@ -110,6 +110,16 @@ class Method:
 
 # ---- tensor helpers ------------------------------------------------------------------------------
 
+def to_method_range(x: torch.Tensor) -> torch.Tensor:
+    """Images are [0, 1] outside methods (data, files, metrics) and [-1, 1] inside: the one conversion in."""
+    return x * 2 - 1
+
+
+def from_method_range(x: torch.Tensor) -> torch.Tensor:
+    """The one conversion out: [-1, 1] -> [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
 def gather(schedule: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """schedule[t] as a (B, 1, 1, 1) tensor of ``like``'s dtype/device (schedules stay float64 until here)."""
     values = torch.from_numpy(np.asarray(schedule, dtype=np.float64))[t.detach().long().cpu()]
