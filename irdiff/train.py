@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 import irdiff
-from irdiff.build import build_method, build_model  # the construction (inference uses it without the trainer)
+from irdiff.build import (  # the construction (inference uses it without the trainer)
+    build_method,
+    build_model,
+    method_kwargs,
+)
 from irdiff.checkpoint import (
     latest_checkpoint,
     load_state,
@@ -405,6 +409,9 @@ def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], ckpt: P
         saved = to_dict(from_dict(Config, saved))
     except (ConfigError, TypeError, ValueError):
         pass
+    for side in (saved, current):  # keys an older config spelled differently (loss_type: 1 = l1...)
+        if isinstance(side.get("method"), dict) and "name" in side["method"]:
+            side["method"] = {"name": side["method"]["name"], **method_kwargs(side["method"])}
     a, b = flat(saved), flat(current)
     allowed = {"name", "train.steps", "train.val_every", "train.ckpt_every", "train.log_every", "train.keep_ckpts",
                "train.num_workers", "train.threads", "train.max_bad_steps", "sample.val_max_images",

@@ -101,11 +101,41 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} has no forward marginal")
 
     # --- validation -----------------------------------------------------------------------------
+    @classmethod
+    def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The config's keyword arguments with the spellings of older configs renamed to today's (so an
+        old model.json still loads, and a run resumes under a config that spells a key the new way)."""
+        return dict(kwargs)
+
     def check_sampler(self, sampler: str | None) -> str:
         name = sampler or self.samplers[0]
         if name not in self.samplers:
             raise ValueError(f"unknown sampler {name!r} for {type(self).__name__}; known: {', '.join(self.samplers)}")
         return name
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+def loss_type_name(value: Any, allowed: tuple[str, ...] = ("l1", "l2")) -> str:
+    """A validated ``loss_type``: "l1" | "l2" (| "charbonnier" where allowed). Every method names its
+    pixel norm so; the integers 1 and 2 of older SR3 / Cold configs mean "l1" and "l2"."""
+    name = {1: "l1", 2: "l2"}.get(value, value) if not isinstance(value, bool) else value
+    if name not in allowed:
+        raise ValueError(f"loss_type must be one of {', '.join(allowed)}, got {value!r}")
+    return name
+
+
+def charbonnier(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt(x * x + eps * eps)
+
+
+def pixel_error(diff: torch.Tensor, loss_type: str, charbonnier_eps: float = 1e-3) -> torch.Tensor:
+    """Element-wise |d| (l1), d² (l2) or √(d² + ε²) (charbonnier)."""
+    if loss_type == "l1":
+        return diff.abs()
+    if loss_type == "l2":
+        return diff * diff
+    return charbonnier(diff, charbonnier_eps)
 
 
 # ---- tensor helpers ------------------------------------------------------------------------------
@@ -151,6 +181,18 @@ def step_indices(total: int, steps: int) -> list[int]:
     steps = min(steps, total)
     idx = np.round(np.linspace(total, 0, steps + 1)).astype(int)
     return [int(i) for i in idx]
+
+
+def run_steps(x: torch.Tensor, ts: Sequence[int], update: Callable[[torch.Tensor, int, int], torch.Tensor],
+              callback: Callback = None) -> torch.Tensor:
+    """The loop every sampler shares: ``x = update(x, t, s)`` for each consecutive pair (t, s) of the
+    decreasing steps ``ts``, then ``callback(i, n, x)`` (step i of n) for progress bars."""
+    n = len(ts) - 1
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x = update(x, int(t), int(s))
+        if callback is not None:
+            callback(i, n, x)
+    return x
 
 
 Steps = int | Sequence[int]  # a step count, or an explicit decreasing list of steps ending at 0

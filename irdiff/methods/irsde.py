@@ -41,7 +41,9 @@ from irdiff.methods.base import (
     Method,
     Steps,
     gather,
+    loss_type_name,
     per_sample_mean,
+    pixel_error,
     randint,
     randn_like,
     step_indices,
@@ -65,14 +67,18 @@ def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray
     raise ValueError(f"unknown theta schedule {name!r}; known: cosine, linear, constant")
 
 
+OBJECTIVES = ("optimal_path", "noise")
+
+
 @METHODS.register("irsde")
 class IRSDE(Method):
     """Mean-reverting SDE restoration. See the module docstring for conventions.
 
     Config: ``num_steps`` T (100), ``lam`` stationary std on the 0–255 scale (10), ``eps`` ε_T = the
     remaining weight of x0 at T (0.005), ``schedule`` of θ ("cosine" | "linear" | "constant"),
-    ``loss_type`` ("optimal_path": L1/L2 between the noise-free reverse-SDE step and x*_{t−1}, the
-    paper default; "noise": plain noise matching), ``loss_norm`` ("l1" | "l2"), ``eta`` (default
+    ``objective`` ("optimal_path": the noise-free reverse-SDE step against x*_{t−1}, the paper default;
+    "noise": plain noise matching), ``loss_type`` (its norm, "l1" | "l2"; older configs wrote
+    ``loss_type: optimal_path | noise`` and ``loss_norm: l1 | l2``, still read), ``eta`` (default
     std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
     ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
     Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
@@ -85,19 +91,30 @@ class IRSDE(Method):
     # where Euler–Maruyama ("sde", the paper's default) wants all T = 100.
     default_steps = 20
 
+    @classmethod
+    def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        out = dict(kwargs)
+        norm = out.pop("loss_norm", None)
+        if out.get("loss_type") in OBJECTIVES:
+            out["objective"] = out.pop("loss_type")
+        if norm is not None:
+            out["loss_type"] = norm
+        return out
+
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
-                 loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0,
-                 mean_target: str = "lq", noise_sigma: float = 25.0):
+                 objective: str = "optimal_path", loss_type: str = "l1", eta: float = 1.0,
+                 mean_target: str = "lq", noise_sigma: float = 25.0, loss_norm: str | None = None):
+        if loss_type in OBJECTIVES or loss_norm is not None:  # an older config's spelling
+            old = self.canonical_kwargs({"loss_type": loss_type, "loss_norm": loss_norm})
+            objective, loss_type = old.get("objective", objective), old.get("loss_type", "l1")
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if lam <= 0:
             raise ValueError(f"lam must be > 0 (0-255 scale), got {lam}")
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
-        if loss_type not in ("optimal_path", "noise"):
-            raise ValueError(f"unknown loss_type {loss_type!r}; known: optimal_path, noise")
-        if loss_norm not in ("l1", "l2"):
-            raise ValueError(f"unknown loss_norm {loss_norm!r}; known: l1, l2")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         if mean_target not in ("lq", "clean"):
             raise ValueError(f"unknown mean_target {mean_target!r}; known: lq, clean")
         if mean_target == "clean" and not 0 < noise_sigma < lam:
@@ -108,8 +125,8 @@ class IRSDE(Method):
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
         self.eps = float(eps)
         self.schedule = schedule
-        self.loss_type = loss_type
-        self.loss_norm = loss_norm
+        self.objective = objective
+        self.loss_type = loss_type_name(loss_type)
         self.eta = float(eta)
         theta = theta_schedule(self.num_steps, schedule)
         theta_cumsum = np.cumsum(theta) - theta[0]  # θ̄_0 = 0 exactly: θ_0 is not a step
@@ -215,12 +232,11 @@ class IRSDE(Method):
             noise = randn_like(x0, generator)
         x_t = self.q_sample(x0, mu, t, noise)
         eps_hat = self.predict_noise(net, x_t, mu, t)
-        if self.loss_type == "noise":
+        if self.objective == "noise":
             pred, target = eps_hat, noise
         else:
             pred, target = self.reverse_sde_mean(x_t, eps_hat, mu, t), self.optimal_prev(x_t, x0, mu, t)
-        err = (pred - target).abs() if self.loss_norm == "l1" else (pred - target) ** 2
-        return per_sample_mean(err)
+        return per_sample_mean(pixel_error(pred - target, self.loss_type))
 
     def start(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """x_T = μ + λ ε (the reference's start; the exact marginal would need x0). Clean variant: the

@@ -31,7 +31,9 @@ from irdiff.methods.base import (
     Method,
     Steps,
     gather,
+    loss_type_name,
     per_sample_mean,
+    pixel_error,
     randint,
     randn_like,
     timesteps,
@@ -66,8 +68,8 @@ class RDDM(Method):
     ("decreased"), ``beta_schedule`` ("increased", for β²), ``sum_scale`` = β̄_T² (0.01 for
     restoration, 1 for generation), ``loss_type`` ("l1" as the reference code | "l2" as the paper),
     ``lambda_res`` / ``lambda_noise`` (weights of the two loss terms), ``eta`` (DDIM stochasticity,
-    0 = deterministic), ``clip_denoised`` (clamp the predicted I_0 to [−1, 1] and the residual to
-    [−2, 2] while sampling).
+    0 = deterministic), ``clip_x0`` (``clip_denoised`` in older configs: clamp the predicted I_0 to
+    [−1, 1] and the residual to [−2, 2] while sampling).
     """
 
     noise_level_dim = 2
@@ -77,25 +79,25 @@ class RDDM(Method):
     def __init__(self, num_steps: int = 1000, mode: str = "res_noise", alpha_schedule: str = "decreased",
                  beta_schedule: str = "increased", sum_scale: float = 0.01, loss_type: str = "l1",
                  lambda_res: float = 1.0, lambda_noise: float = 1.0, eta: float = 0.0,
-                 clip_denoised: bool = True):
+                 clip_x0: bool = True, clip_denoised: bool | None = None):
+        if clip_denoised is not None:  # the older name of clip_x0
+            clip_x0 = clip_denoised
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
         if not 0 < sum_scale <= 1:
             raise ValueError(f"sum_scale must be in (0, 1], got {sum_scale}")
-        if loss_type not in ("l1", "l2"):
-            raise ValueError(f"unknown loss_type {loss_type!r}; known: l1, l2")
         self.num_steps = int(num_steps)
         self.mode = mode
         self.alpha_schedule = alpha_schedule
         self.beta_schedule = beta_schedule
         self.sum_scale = float(sum_scale)
-        self.loss_type = loss_type
+        self.loss_type = loss_type_name(loss_type)
         self.lambda_res = float(lambda_res)
         self.lambda_noise = float(lambda_noise)
         self.eta = float(eta)
-        self.clip_denoised = bool(clip_denoised)
+        self.clip_x0 = bool(clip_x0)
         alphas = coefficients(self.num_steps, alpha_schedule)
         betas2 = coefficients(self.num_steps, beta_schedule) * self.sum_scale
         self.alpha_bar = np.clip(np.cumsum(alphas), 0.0, 1.0)
@@ -106,7 +108,14 @@ class RDDM(Method):
         return dict(num_steps=self.num_steps, mode=self.mode, alpha_schedule=self.alpha_schedule,
                     beta_schedule=self.beta_schedule, sum_scale=self.sum_scale, loss_type=self.loss_type,
                     lambda_res=self.lambda_res, lambda_noise=self.lambda_noise, eta=self.eta,
-                    clip_denoised=self.clip_denoised)
+                    clip_x0=self.clip_x0)
+
+    @classmethod
+    def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        out = dict(kwargs)
+        if "clip_denoised" in out:
+            out["clip_x0"] = out.pop("clip_denoised")
+        return out
 
     def with_schedules(self, alpha_schedule: str | None = None, beta_schedule: str | None = None) -> RDDM:
         """A copy with other α / β² schedule shapes (same T and β̄_T), for path-independent sampling."""
@@ -175,7 +184,9 @@ class RDDM(Method):
             noise = randn_like(x0, generator)
         x_t = self.q_sample(x0, cond, t, noise)
         out = net(x_t, self.noise_level(t, x0), cond=cond)
-        err = (lambda d: d.abs()) if self.loss_type == "l1" else (lambda d: d**2)
+        def err(d: torch.Tensor) -> torch.Tensor:
+            return pixel_error(d, self.loss_type)
+
         c = x0.shape[1]
         if self.mode == "res_noise":
             return (self.lambda_res * per_sample_mean(err(out[:, :c] - (cond - x0)))
@@ -211,14 +222,14 @@ def ddim_sampler(method: RDDM, net: nn.Module, x_T: torch.Tensor, cond: torch.Te
                  eta: float | None = None) -> torch.Tensor:
     """Generalised DDIM from t to any s < t, σ² = η (β̄_t² − β̄_s²) β̄_s² / β̄_t²:
         I_s = I_t − (ᾱ_t − ᾱ_s) I_res^θ − (β̄_t − √(β̄_s² − σ²)) ε^θ + σ z.
-    The last step (s = 0) returns I_0^θ (clamped to [−1, 1] if ``clip_denoised``).
+    The last step (s = 0) returns I_0^θ (clamped to [−1, 1] if ``clip_x0``).
     η = 1 on consecutive steps is the ancestral sampler (σ² is then the posterior variance).
     """
     eta = method.eta if eta is None else float(eta)
     ts = timesteps(method.num_steps, steps)
     x = x_T
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        res, eps, x0 = method.predict(net, x, cond, t, clip=method.clip_denoised)
+        res, eps, x0 = method.predict(net, x, cond, t, clip=method.clip_x0)
         if s == 0:
             x = x0
         else:

@@ -30,9 +30,12 @@ from irdiff.methods.base import (
     Method,
     cosine_alpha_bar,
     linear_betas,
+    loss_type_name,
+    pixel_error,
     rand,
     randint,
     randn_like,
+    run_steps,
     step_indices,
 )
 from irdiff.registry import METHODS
@@ -45,7 +48,8 @@ class SR3(Method):
     Args:
         num_steps: training T (2000 in both reference repos).
         schedule: "linear" (β from ``beta_start`` to ``beta_end``) or "cosine" (Nichol & Dhariwal).
-        loss_type: p of the ε loss, 1 (SR3 repo, more conservative outputs) or 2 (Palette, more diverse).
+        loss_type: the norm of the ε loss, "l1" (SR3 repo, more conservative outputs) or "l2" (Palette, more
+            diverse); 1 / 2 as older configs wrote it.
         inpainting: Palette inpainting/uncropping mode (needs ``mask`` in batches and at sampling).
         clip_x0: clamp the predicted y0 to [−1, 1] at every sampling step.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
@@ -60,22 +64,20 @@ class SR3(Method):
     default_steps = 50
 
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
-                 beta_end: float = 1e-2, loss_type: int = 1, inpainting: bool = False, clip_x0: bool = True,
+                 beta_end: float = 1e-2, loss_type: str = "l1", inpainting: bool = False, clip_x0: bool = True,
                  eta: float = 0.0, noise_level_input: str = "noise_std"):
         if noise_level_input not in ("noise_std", "gamma"):
             raise ValueError(f"noise_level_input must be 'noise_std' or 'gamma', got {noise_level_input!r}")
         self.noise_level_input = noise_level_input
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if loss_type not in (1, 2):
-            raise ValueError(f"loss_type must be 1 or 2, got {loss_type!r}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.num_steps = int(num_steps)
         self.schedule = schedule
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
-        self.loss_type = int(loss_type)
+        self.loss_type = loss_type_name(loss_type)
         self.inpainting = bool(inpainting)
         self.clip_x0 = bool(clip_x0)
         self.eta = float(eta)
@@ -118,7 +120,7 @@ class SR3(Method):
     def q_sample(self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor
                  ) -> torch.Tensor:
         """y_t = √ᾱ_t · y0 + √(1−ᾱ_t) · ε at integer t (B,) in 0..T (``cond`` unused)."""
-        return self._noisy(x0, torch.from_numpy(self.alpha_bar)[t.detach().long().cpu()], noise)
+        return self.add_noise(x0, torch.from_numpy(self.alpha_bar)[t.detach().long().cpu()], noise)
 
     def sample_gamma(self, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """γ ~ U(ᾱ_t, ᾱ_{t−1}) per sample, float64 (B,) on the CPU, for integer t in 1..T."""
@@ -139,13 +141,13 @@ class SR3(Method):
         gamma = self.sample_gamma(t, generator)
         if noise is None:
             noise = randn_like(x0, generator)
-        x_t = self._noisy(x0, gamma, noise)
+        x_t = self.add_noise(x0, gamma, noise)
         mask = batch.get("mask")
         cond = self.net_cond(lq, mask, generator)
         if self.inpainting:
             x_t = torch.where(mask.to(x0.device) > 0.5, x_t, x0)
         pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), cond)
-        err = (pred - noise).abs() if self.loss_type == 1 else (pred - noise) ** 2
+        err = pixel_error(pred - noise, self.loss_type)
         if not self.inpainting:
             return err.flatten(1).mean(1)
         hole = mask.to(err.dtype).expand_as(err)
@@ -170,8 +172,8 @@ class SR3(Method):
         g = torch.as_tensor(gamma, dtype=torch.float64)
         return (1 - g).clamp_min(0).sqrt() if self.noise_level_input == "noise_std" else g
 
-    def _noisy(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        # coefficients in float64, cast once
+    def add_noise(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """y = √γ · x0 + √(1−γ) · noise for a (B,) level γ; coefficients in float64, cast once."""
         shape = (-1,) + (1,) * (x0.dim() - 1)
         g = gamma.to(torch.float64)
         a = g.sqrt().to(device=x0.device, dtype=x0.dtype).view(shape)
@@ -194,10 +196,8 @@ def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
                 generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """DDIM on a subset of the training levels; η = ``method.eta`` (0: deterministic)."""
     ab = method.alpha_bar
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (t, s) in enumerate(zip(idx[:-1], idx[1:])):
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         g_t, g_s = float(ab[t]), float(ab[s])
         eps, x0 = method.predict(net, x, g_t, cond)
         if s == 0:
@@ -207,20 +207,17 @@ def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
             x = math.sqrt(g_s) * x0 + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * randn_like(x, generator)
-        x = method.paste_known(x, cond)
-        if callback is not None:
-            callback(i, n, x)
-    return x
+        return method.paste_known(x, cond)
+
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)
 
 
 def sample_ddpm(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
                 generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """Ancestral DDPM on any subset of levels: β = 1 − ᾱ_t/ᾱ_s between consecutive kept levels."""
     ab = method.alpha_bar
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (t, s) in enumerate(zip(idx[:-1], idx[1:])):
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         g_t, g_s = float(ab[t]), float(ab[s])
         alpha = g_t / g_s
         beta = 1 - alpha
@@ -232,7 +229,6 @@ def sample_ddpm(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
         if s > 0:
             var = beta * (1 - g_s) / (1 - g_t)
             x = x + math.sqrt(var) * randn_like(x, generator)
-        x = method.paste_known(x, cond)
-        if callback is not None:
-            callback(i, n, x)
-    return x
+        return method.paste_known(x, cond)
+
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)
