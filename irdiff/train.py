@@ -301,7 +301,7 @@ class Trainer:
         logger = _Logger(self.run_dir, main)
         bar = tqdm(total=tc.steps, initial=start, disable=not (self.progress and main), desc=cfg.name,
                    dynamic_ncols=True)
-        running, n_running, skipped_since_log, step = 0.0, 0, 0, start
+        running, n_running, step = 0.0, 0, start
         self.model.train()
         try:
             while step < tc.steps:
@@ -311,17 +311,16 @@ class Trainer:
                 if res.skipped:
                     self.bad_total += 1
                     self.bad_in_row += 1
-                    skipped_since_log += 1
                     if main:
                         logger.scalars(step, {"bad_steps": self.bad_total, "lr": res.lr})
                     if self.bad_in_row >= tc.max_bad_steps:
                         self._stop(step, logger)
-                    continue
-                self.bad_in_row = 0
-                running += res.loss
-                n_running += 1
+                else:
+                    self.bad_in_row = 0
+                    running += res.loss
+                    n_running += 1
                 is_last = step == tc.steps
-                if main and (step % tc.log_every == 0 or is_last) and n_running:
+                if main and (step % tc.log_every == 0 or is_last) and n_running and not res.skipped:
                     values = {"loss": running / n_running, "lr": res.lr, "seconds": round(time.time() - self.t0, 2)}
                     if res.grad_norm is not None:
                         values["grad_norm"] = res.grad_norm
