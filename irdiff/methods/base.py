@@ -105,7 +105,10 @@ class Method:
     def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The config's keyword arguments with the spellings of older configs renamed to today's (so an
         old model.json still loads, and a run resumes under a config that spells a key the new way)."""
-        return dict(kwargs)
+        out = dict(kwargs)
+        if out.get("loss_type") in (1, 2) and not isinstance(out["loss_type"], bool):
+            out["loss_type"] = loss_type_name(out["loss_type"])
+        return out
 
     def check_sampler(self, sampler: str | None) -> str:
         name = sampler or self.samplers[0]

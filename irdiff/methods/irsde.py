@@ -95,8 +95,9 @@ class IRSDE(Method):
     def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         out = dict(kwargs)
         norm = out.pop("loss_norm", None)
-        if out.get("loss_type") in OBJECTIVES:
+        if out.get("loss_type") in OBJECTIVES:  # loss_type was the objective, loss_norm (default l1) the norm
             out["objective"] = out.pop("loss_type")
+            out["loss_type"] = "l1"
         if norm is not None:
             out["loss_type"] = norm
         return out
