@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class DataSpec:
     """One data stream. ``name`` picks the dataset class: paired | synthetic | unpaired | deadleaves."""
 
-    name: str = "synthetic"
+    name: str = "synthetic"  # which dataset: paired | synthetic | unpaired | deadleaves
     gt_dir: str | None = None  # clean images (paired, synthetic)
     lq_dir: str | None = None  # degraded images matched to gt by file stem (paired), or real images (unpaired)
     degradation: dict[str, Any] | None = None  # synthetic: {name: awgn, sigma: 25}
@@ -47,8 +47,8 @@ class DataSpec:
 
 @dataclass
 class DataConfig:
-    train: DataSpec = field(default_factory=DataSpec)
-    val: DataSpec | None = None
+    train: DataSpec = field(default_factory=DataSpec)  # the training pairs
+    val: DataSpec | None = None  # validation stream (None: no validation)
     real: DataSpec | None = None  # Noise-DA: unpaired real degraded images
 
 
@@ -57,23 +57,23 @@ class TrainConfig:
     # keys that older runs saved and that mean nothing now: accepted and ignored, so their model.json loads
     __retired__: typing.ClassVar[tuple[str, ...]] = ("num_workers",)
 
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 0
+    steps: int = 1000  # optimisation steps of the whole run (may grow on resume)
+    batch_size: int = 8  # global batch, split across processes
+    lr: float = 2e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up from 0
     lr_schedule: str = "constant"  # constant | cosine
     min_lr_ratio: float = 0.1  # cosine floor
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # EMA of the weights (the exported, validated and sampled net)
     ema_start: int = 0  # EMA copies the weights until this step
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # clip the global gradient norm (None: off)
     mixed_precision: str = "no"  # no | bf16 | fp16
-    channels_last: bool = False
-    log_every: int = 50
+    channels_last: bool = False  # channels-last memory format (GPU convolutions)
+    log_every: int = 50  # log.jsonl / TensorBoard every N steps
     val_every: int = 0  # 0 = only at the end
-    ckpt_every: int = 500
-    keep_ckpts: int = 2
+    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_ckpts: int = 2  # newest checkpoints kept (0: all)
     max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss or gradient
     threads: int | None = None  # torch threads per process (None: torch's default)
     init_from: str | None = None  # start from these weights (bundled name, run or model folder); not on resume
@@ -85,20 +85,20 @@ class SampleConfig:
     steps: int | None = None  # None: the method's default
     sampler: str | None = None  # None: the method's default
     color_fix: str = "none"  # none | wavelet | adain: colour taken from the input after sampling (colorfix.py)
-    val_max_images: int = 4
-    val_save_images: int = 2
+    val_max_images: int = 4  # validation restores the first N items of data.val
+    val_save_images: int = 2  # and writes the first N restorations under val/step_N/
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    seed: int = 0
-    img_channels: int = 3
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "regression"})
-    net: dict[str, Any] = field(default_factory=lambda: {"name": "nafnet"})
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    name: str = "run"  # the run's name (default output folder runs/<name>)
+    seed: int = 0  # seeds the init, every training step, data items and validation sampling
+    img_channels: int = 3  # 3 (RGB) or 1 (grey)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "regression"})  # see the methods below
+    net: dict[str, Any] = field(default_factory=lambda: {"name": "nafnet"})  # see the nets below
+    data: DataConfig = field(default_factory=DataConfig)  # data streams
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, checkpoints, devices
+    sample: SampleConfig = field(default_factory=SampleConfig)  # sampling for validation and inference
 
 
 # ---- dict <-> dataclass ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Noise-DA (DESIGN §3.5): gradients, channel shuffling, residual-swapping negatives, ramp, γ draw,
+"""Noise-DA: gradients, channel shuffling, residual-swapping negatives, ramp, γ draw,
 restorer-only inference and export, per-sample loss, a tiny train + resume run."""
 
 import json

@@ -22,7 +22,7 @@ Callback = Callable[[int, int, torch.Tensor], None] | None
 
 
 class Method:
-    """Base class: subclasses implement loss / sample / q_sample with the DESIGN §2 contract."""
+    """Base class: subclasses implement ``loss`` and ``sample`` (the contract in docs/architecture.md)."""
 
     #: training T (number of diffusion / degradation steps); 1 for one-pass methods
     num_steps: int = 1

@@ -1,4 +1,4 @@
-"""Cold Diffusion: a deterministic degradation D(x0, s) and an L1 restorer R (DESIGN §3.2).
+"""Cold Diffusion: a deterministic degradation D(x0, s) and an L1 restorer R (docs/methods/cold.md).
 
 One index convention everywhere: ``s`` = number of per-step operators applied, s = 0..T, and
 D(x0, 0) = x0. Training draws s ~ U{1..T} per sample and minimises |R(D(x0, s), s/T) − x0| (the net
@@ -53,7 +53,7 @@ DEFAULT_STEPS = {"blur": 20, "mask": 50, "pixelate": 2, "downsample": 2, "snow":
 
 @METHODS.register("cold")
 class ColdDiffusion(Method):
-    """Cold Diffusion with a built-in deterministic degradation; see the module docstring.
+    """Cold Diffusion with a built-in deterministic degradation (blur, mask, pixelate, snow or interp).
 
     ``num_steps`` None picks a per-degradation T (blur 20, mask 50, pixelate 2, snow 20, interp 10).
     """

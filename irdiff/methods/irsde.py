@@ -72,7 +72,7 @@ OBJECTIVES = ("optimal_path", "noise")
 
 @METHODS.register("irsde")
 class IRSDE(Method):
-    """Mean-reverting SDE restoration. See the module docstring for conventions.
+    """Mean-reverting SDE restoration (IR-SDE), with the Denoising-SDE variant for Gaussian noise.
 
     Config: ``num_steps`` T (100), ``lam`` stationary std on the 0–255 scale (10), ``eps`` ε_T = the
     remaining weight of x0 at T (0.005), ``schedule`` of θ ("cosine" | "linear" | "constant"),

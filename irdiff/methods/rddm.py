@@ -62,7 +62,7 @@ def coefficients(T: int, schedule: str) -> np.ndarray:
 
 @METHODS.register("rddm")
 class RDDM(Method):
-    """Residual denoising diffusion. See the module docstring for conventions.
+    """Residual denoising diffusion (RDDM): the degraded image plus a little noise diffuses to the clean one.
 
     Config: ``num_steps`` T (1000), ``mode`` ("res_noise" | "res" | "noise"), ``alpha_schedule``
     ("decreased"), ``beta_schedule`` ("increased", for β²), ``sum_scale`` = β̄_T² (0.01 for
@@ -157,7 +157,7 @@ class RDDM(Method):
         elif self.mode == "res":
             res = out.clamp(-2, 2) if clip else out
             x0 = cond - res
-            eps = (x - cond - (a_t - 1) * res) / b_t  # / β̄_t: tiny at small t, cf. DESIGN §3.4
+            eps = (x - cond - (a_t - 1) * res) / b_t  # / β̄_t: tiny at small t (docs/methods/rddm.md)
         else:
             eps = out
             # 1 − ᾱ_t is 0 at T and ~1e-6 just below; the floor is the reference's patch

@@ -1,4 +1,4 @@
-"""SR3 / Palette: a conditional DDPM whose network sees the continuous noise level γ (DESIGN §3.1).
+"""SR3 / Palette: a conditional DDPM whose network sees the continuous noise level γ (docs/methods/sr3.md).
 
 Forward: y_t = √γ · y0 + √(1−γ) · ε with γ = ᾱ_t = ∏_{s≤t}(1−β_s), ᾱ_0 = 1 (float64 schedule).
 Training draws, per *sample*, t ~ U{1..T} and then γ ~ U(ᾱ_t, ᾱ_{t−1}); the network is fed γ (the
