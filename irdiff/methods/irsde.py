@@ -46,6 +46,7 @@ from irdiff.methods.base import (
     pixel_error,
     randint,
     randn_like,
+    run_steps,
     step_indices,
     timesteps,
 )
@@ -279,18 +280,18 @@ def posterior_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: to
     With a perfect ε̂ this is exact for any step subset (no discretisation error), so few steps work.
     """
     eta = method.eta if eta is None else float(eta)
-    ts = timesteps(method.num_steps, steps)
-    mu, x = cond, x_T
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+    mu = cond
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         x0_hat = method.predict_x0(x, mu, method.predict_noise(net, x, mu, t), t)
         c_t, c_0, var = method.posterior_coefs(t, s)
         m = x0_hat if method.clean_mean else mu  # clean variant: μ = x0, estimated by x̂0
         x = m + float(c_t) * (x - m) + float(c_0) * (x0_hat - m)
         if eta > 0 and var > 0:
             x = x + eta * math.sqrt(var) * randn_like(x, generator)
-        if callback is not None:
-            callback(i, len(ts) - 1, x)
-    return x
+        return x
+
+    return run_steps(x_T, timesteps(method.num_steps, steps), update, callback)
 
 
 def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor,
@@ -302,9 +303,9 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         ODE: x_s = x_t − Δ (μ − x_t) +  λ²Δ·score
     First order: with T steps it matches the reference; with fewer, the error grows (use "posterior").
     """
-    ts = timesteps(method.num_steps, steps)
-    mu, x, lam2 = cond, x_T, method.lam**2
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+    mu, lam2 = cond, method.lam**2
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         delta = float(method.theta_bar[t] - method.theta_bar[s])
         eps_hat = method.predict_noise(net, x, mu, t)
         score = -eps_hat / math.sqrt(method.variance(t))
@@ -312,9 +313,9 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         x = x - delta * method.reversion(x, mu, eps_hat, t) + (0.5 * g2 if ode else g2) * score
         if not ode:
             x = x + math.sqrt(g2) * randn_like(x, generator)
-        if callback is not None:
-            callback(i, len(ts) - 1, x)
-    return x
+        return x
+
+    return run_steps(x_T, timesteps(method.num_steps, steps), update, callback)
 
 
 def sde_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: Steps,

@@ -36,6 +36,7 @@ from irdiff.methods.base import (
     pixel_error,
     randint,
     randn_like,
+    run_steps,
     timesteps,
 )
 from irdiff.registry import METHODS
@@ -226,22 +227,20 @@ def ddim_sampler(method: RDDM, net: nn.Module, x_T: torch.Tensor, cond: torch.Te
     η = 1 on consecutive steps is the ancestral sampler (σ² is then the posterior variance).
     """
     eta = method.eta if eta is None else float(eta)
-    ts = timesteps(method.num_steps, steps)
-    x = x_T
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         res, eps, x0 = method.predict(net, x, cond, t, clip=method.clip_x0)
         if s == 0:
-            x = x0
-        else:
-            a_t, a_s = float(method.alpha_bar[t]), float(method.alpha_bar[s])
-            b_t, b_s = float(method.beta_bar[t]), float(method.beta_bar[s])
-            var = eta * (b_t**2 - b_s**2) * b_s**2 / b_t**2
-            x = x - (a_t - a_s) * res - (b_t - math.sqrt(max(b_s**2 - var, 0.0))) * eps
-            if var > 0:
-                x = x + math.sqrt(var) * randn_like(x, generator)
-        if callback is not None:
-            callback(i, len(ts) - 1, x)
-    return x
+            return x0
+        a_t, a_s = float(method.alpha_bar[t]), float(method.alpha_bar[s])
+        b_t, b_s = float(method.beta_bar[t]), float(method.beta_bar[s])
+        var = eta * (b_t**2 - b_s**2) * b_s**2 / b_t**2
+        x = x - (a_t - a_s) * res - (b_t - math.sqrt(max(b_s**2 - var, 0.0))) * eps
+        if var > 0:
+            x = x + math.sqrt(var) * randn_like(x, generator)
+        return x
+
+    return run_steps(x_T, timesteps(method.num_steps, steps), update, callback)
 
 
 SAMPLERS = {"ddim": ddim_sampler}
