@@ -378,7 +378,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``bench`` on an argparse sub-parser set (``irdiff bench --config F``)."""
     p = subparsers.add_parser("bench", help="benchmark methods x datasets x step counts (JSON/CSV/PNG)")
     _arguments(p)
-    p.set_defaults(func=run)
     return p
 
 

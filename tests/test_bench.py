@@ -130,7 +130,7 @@ def test_add_parser_registers_bench_subcommand():
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
     args = parser.parse_args(["bench", "--config", "b.yaml", "--only", "sr3,rddm", "--steps", "1,10"])
-    assert args.command == "bench" and args.config == "b.yaml" and args.func is run
+    assert args.command == "bench" and args.config == "b.yaml" and args.only == "sr3,rddm" and args.steps == "1,10"
     assert run(parser.parse_args(["bench"])) == 2  # neither --config nor --merge
 
 
