@@ -37,7 +37,7 @@ from irdiff.checkpoint import CheckpointError, latest_checkpoint, load_state, lo
 from irdiff.colorfix import COLOR_FIXES
 from irdiff.colorfix import color_fix as _color_fix
 from irdiff.config import Config, from_dict
-from irdiff.methods.base import Method
+from irdiff.methods.base import Method, from_method_range, to_method_range
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # LR pixels read beyond an SR tile so that per-tile bicubic upsampling equals the whole-image one
@@ -422,14 +422,14 @@ class Restorer:
             inp = x.reshape(b * colour, 1, *x.shape[-2:])
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
-        inp = inp.to(self.device) * 2 - 1
+        inp = to_method_range(inp.to(self.device))
         extra = dict(sample_kwargs or {})
         if mask is not None:
             extra["mask"] = mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
                                  callback=callback, **extra)
         out = _color_fix(color_fix, out, inp)
-        out = ((out.float() + 1) / 2).clamp_(0, 1).cpu()
+        out = from_method_range(out.float()).cpu()
         if colour == 1 and self.channels != 1:
             out = out.mean(dim=1, keepdim=True)
         elif self.channels == 1 and colour != 1:
