@@ -169,3 +169,39 @@ def test_two_processes_skip_the_same_step(tmp_path, image_folder):
     assert skips == {0: [2], 1: [2]}
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000004" / "state.json").read_text())
     assert state["bad_steps"] == 1 and state["world_size"] == 2
+
+
+FP16 = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    import torch
+    from irdiff.checkpoint import load_tensors
+    from irdiff.config import load_config
+    from irdiff.methods.regression import Regression
+    from irdiff.train import train
+    original = Regression.loss
+    def loss(self, net, batch, generator=None, t=None, noise=None):
+        value = original(self, net, batch, generator, t, noise)
+        step = round(float(batch["progress"][0]) * float(batch["total_steps"][0]))
+        return value * float("nan") if step == 2 else value
+    Regression.loss = loss
+    cfg, run = json.loads(sys.argv[1]), Path(sys.argv[2])
+    summary = train(load_config(base=cfg), run, progress=False)
+    a, b = (load_tensors(run / "checkpoints" / f"step_{k:08d}" / "model.safetensors") for k in (2, 3))
+    print(json.dumps({"bad_steps": summary["bad_steps"], "step": summary["step"],
+                      "unchanged": all(torch.equal(a[k], b[k]) for k in a)}))
+''')
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaling_skips_the_bad_step_too(tmp_path, image_folder):
+    """With fp16 the loss scaler unscales the gradients first and must be stepped (it skips the update
+    itself and lowers its scale); a separate process because accelerate fixes the precision per process."""
+    from irdiff.config import to_dict
+
+    cfg = to_dict(config(image_folder, steps=4, mixed_precision="fp16", device="cpu"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", FP16, json.dumps(cfg), str(tmp_path / "run")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"bad_steps": 1, "step": 4, "unchanged": True}
