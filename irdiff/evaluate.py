@@ -107,11 +107,12 @@ def dataset_items(spec: Any, seed: int, max_images: int | None = None, center_cr
 
 
 def degraded_items(gt_dir: str | Path, degradation: dict[str, Any], seed: int, every: int = 1,
-                   max_images: int | None = None, mod: int = 1) -> list[Item]:
-    """Clean files of a folder (every ``every``-th, then the first ``max_images``), mod-cropped to ``mod``
-    and degraded at their own size with ``degradation_generator(seed, i)``, ``i`` the file's index in the
-    sorted folder. A degradation that shrinks (``bicubic_down``) gives LR inputs: restore them with
-    :func:`with_restorer`, which upsamples as inference does."""
+                   max_images: int | None = None, mod: int = 1, center_crop: int | None = None) -> list[Item]:
+    """Clean files of a folder (every ``every``-th, then the first ``max_images``), centre-cropped to
+    ``center_crop`` and mod-cropped to ``mod``, then degraded at their own size with
+    ``degradation_generator(seed, i)``, ``i`` the file's index in the sorted folder. A degradation that
+    shrinks (``bicubic_down``) gives LR inputs: restore them with :func:`with_restorer`, which upsamples
+    as inference does."""
     from irdiff.data.degradations import build_degradation
     from irdiff.data.io import list_images, read_image
     from irdiff.data.resize import mod_crop
@@ -122,7 +123,8 @@ def degraded_items(gt_dir: str | Path, degradation: dict[str, Any], seed: int, e
         files = files[:max_images]
     items = []
     for i, path in files:
-        gt = mod_crop(read_image(path), mod) if mod > 1 else read_image(path)
+        gt = _center_crop(read_image(path), center_crop)
+        gt = mod_crop(gt, mod) if mod > 1 else gt
         out = degrade(gt, degradation_generator(seed, i))
         lq, mask = out if isinstance(out, tuple) else (out, None)
         items.append(Item(path.stem, gt, lq, mask))
