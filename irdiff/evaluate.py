@@ -93,8 +93,9 @@ def _center_crop(img: torch.Tensor, size: int | None) -> torch.Tensor:
 
 def dataset_items(spec: Any, seed: int, max_images: int | None = None, center_crop: int | None = None
                   ) -> list[Item]:
-    """The items of a config's data spec (``data.val``, a benchmark's ``data``), degraded by the dataset
-    itself (so with ``degradation_generator(seed, i)``), optionally centre-cropped after degrading."""
+    """The items of a config's data spec (``data.val``, a benchmark's ``data``): clean images degraded by
+    the dataset itself (``synthetic``: with ``degradation_generator(seed, i)``) or folder pairs
+    (``paired``: gt_dir / lq_dir matched by file stem), optionally centre-cropped after degrading."""
     from irdiff.data.datasets import build_dataset
 
     ds = build_dataset(spec, seed, train=False)

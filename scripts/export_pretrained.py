@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     command = "python scripts/export_pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from irdiff import __version__
+    from irdiff.checkpoint import write_bytes_atomic, write_text_atomic
     from irdiff.inference import load, resolve_model
 
     sets = DENOISE_SETS if args.eval == "denoise" else SR_SETS
@@ -219,14 +220,16 @@ def main(argv: list[str] | None = None) -> int:
                      "metrics": metrics, "provenance": prov})
     args.dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=args.dest, prefix=f".{args.name}."))
-    try:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "irdiff": __version__})
-        (tmp / "model.json").write_text(json.dumps(meta_out, indent=1) + "\n")
-        (tmp / "card.md").write_text(card(args.name, meta, args.eval, metrics, prov))
-        final = args.dest / args.name
+    final, old = args.dest / args.name, args.dest / f".{args.name}.old"
+    try:  # a complete folder (each file fsynced) is swapped in: the bundle is the old one or the new one
+        write_bytes_atomic(tmp / "model.safetensors", save(state, metadata={"format": "pt", "irdiff": __version__}))
+        write_text_atomic(tmp / "model.json", json.dumps(meta_out, indent=1) + "\n")
+        write_text_atomic(tmp / "card.md", card(args.name, meta, args.eval, metrics, prov))
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
