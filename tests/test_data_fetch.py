@@ -24,7 +24,7 @@ from irdiff.cli import main
 from irdiff.config import load_config
 from irdiff.data import catalog
 from irdiff.data.catalog import Dataset, RemoteFile, data_root
-from irdiff.data.download import FetchError, OfflineError, fetch
+from irdiff.data.download import FetchError, OfflineError, SourceError, fetch
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -168,6 +168,16 @@ def test_checksum_mismatch_deletes_the_part_and_says_so(server, tiny, tmp_path):
     assert hashlib.sha256(bad).hexdigest() in msg
     assert not (tmp_path / "Tiny" / "b.png.part").exists() and not (tmp_path / "Tiny" / "b.png").exists()
     assert not (tmp_path / "Tiny" / "SHA256SUMS").exists()  # the set is not marked complete
+
+
+def test_missing_remote_file_is_reported_with_the_way_by_hand(server, tiny, tmp_path):
+    ds, _ = tiny
+    del server.files[url_path(ds, "b.png")]
+    with pytest.raises(SourceError) as err:
+        fetch(ds, tmp_path, base_url=server.url, log=quiet)
+    msg = str(err.value)
+    assert "HTTP 404" in msg and url_path(ds, "b.png") in msg and "github.com/owner/tiny/tree/" in msg
+    assert (tmp_path / "Tiny" / "a.png").is_file()  # the rest was fetched and stays
 
 
 def test_wrong_local_file_is_replaced(server, tiny, tmp_path):

@@ -33,6 +33,10 @@ class OfflineError(FetchError):
     """The server could not be reached at all."""
 
 
+class SourceError(FetchError):
+    """The server answered, but not with the file (HTTP error, or a range it was not asked for)."""
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -54,7 +58,7 @@ def _resume_offset(resp, start: int) -> int:
         content_range = resp.headers.get("Content-Range", "")  # "bytes START-END/TOTAL"
         if content_range.startswith(f"bytes {start}-"):
             return start
-        raise FetchError(f"{resp.url}: the server answered range {start}- with {content_range!r}")
+        raise SourceError(f"{resp.url}: the server answered range {start}- with {content_range!r}")
     return 0
 
 
@@ -71,7 +75,7 @@ def download_file(url: str, part: Path, size: int, sha256: str, timeout: float =
             if e.code == 416 and have:  # nothing left to send: check what we have
                 resp = None
             else:
-                raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
+                raise SourceError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             reason = getattr(reason, "strerror", None) or str(reason)
@@ -84,7 +88,7 @@ def download_file(url: str, part: Path, size: int, sha256: str, timeout: float =
                     with open(part, "r+b" if offset else "wb") as fh:
                         fh.seek(offset)
                         fh.truncate()
-                        while block := resp.read(CHUNK):
+                        while got <= size and (block := resp.read(CHUNK)):  # more than size: a wrong file
                             fh.write(block)
                             got += len(block)
                 except (http.client.HTTPException, OSError) as e:  # OSError covers timeouts and resets
@@ -159,6 +163,8 @@ def fetch(ds: Dataset, root: Path, base_url: str | None = None, workers: int = 4
         first = next((e for e in errors if isinstance(e, OfflineError)), errors[0])
         if isinstance(first, OfflineError):
             raise OfflineError(f"{first} to fetch {ds.name} (offline?): {ds.by_hand(root)}")
+        if isinstance(first, SourceError):
+            raise SourceError(f"{ds.name}: {first}; if the pinned copy is gone: {ds.by_hand(root)}")
         more = f" ({len(errors) - 1} more files failed)" if len(errors) > 1 else ""
         raise FetchError(f"{ds.name}: {first}{more}")
     folder.mkdir(parents=True, exist_ok=True)
