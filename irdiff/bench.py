@@ -13,7 +13,7 @@ A benchmark is a YAML file::
       - {name: irsde-ode, run: runs/irsde, sampler: ode, steps: [10, 100]}
     datasets:
       - name: CBSD68-s25
-        data: {name: synthetic, gt_dir: ../shared/data/CBSD68, max_images: 8, patch_size: null,
+        data: {name: synthetic, gt_dir: "${IRDIFF_DATA}/CBSD68", max_images: 8, patch_size: null,
                degradation: {name: awgn, sigma: 25}}
         center_crop: 128        # optional: centre crop (gt and lq) after degrading
         crop_border: 0          # metrics (BasicSR conventions)

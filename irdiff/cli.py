@@ -310,13 +310,39 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(Path(args.out), steps=args.steps, progress=not args.no_progress)
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list and download the standard data sets (CBSD68, Kodak24, Set5, BSDS500, ...)",
+                       description="The standard data sets: source, size, SHA-256, licence and layout (list), and "
+                       "verified, resumable downloads into $IRDIFF_DATA/<NAME> (fetch; default root: "
+                       "~/.cache/irdiff/data), where the configs read them.")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    ls = dsub.add_parser("list", help="every set with its source, size, SHA-256, licence, layout and status")
+    ls.add_argument("names", nargs="*", metavar="NAME", help="only these sets")
+    ls.add_argument("--dest", help="data root to report on (default: $IRDIFF_DATA or ~/.cache/irdiff/data)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    fe = dsub.add_parser("fetch", help="download and verify sets (resumable; sets without a pinned copy say what "
+                         "to download by hand and where to put it)")
+    fe.add_argument("names", nargs="+", metavar="NAME", help="set names (`irdiff data list`), or all (every "
+                    "pinned set)")
+    fe.add_argument("--dest", help="data root: the set goes to DEST/NAME (default: $IRDIFF_DATA or "
+                    "~/.cache/irdiff/data)")
+    fe.add_argument("--base-url", help="a mirror of raw.githubusercontent.com with the same <repo>/<commit>/<path> "
+                    "layout (default: $IRDIFF_DATA_URL or raw.githubusercontent.com)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from irdiff.data.download import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from irdiff import __version__
 
     parser = argparse.ArgumentParser(prog="irdiff", description="Diffusion-based image restoration toolkit")
     parser.add_argument("--version", action="version", version=f"irdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart):
+    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart, _add_data):
         add(sub)
     from irdiff import bench
 
@@ -331,7 +357,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "restore": cmd_restore, "eval": cmd_eval, "info": cmd_info,
-            "quickstart": cmd_quickstart, "bench": cmd_bench}
+            "quickstart": cmd_quickstart, "bench": cmd_bench, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

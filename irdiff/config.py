@@ -3,7 +3,8 @@
 A config file is YAML whose keys mirror the dataclasses below. Sections that select a registered
 class by name (``method``, ``net``, ``degradation``) are free-form mappings with a ``name`` key; their
 other keys are checked against that class's constructor, so a misspelt key is an error naming it.
-Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots).
+Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots); an unset
+``${IRDIFF_DATA}`` is the data root of ``irdiff data fetch`` (``~/.cache/irdiff/data``).
 """
 
 from __future__ import annotations
@@ -174,8 +175,17 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
+def _env_default(name: str) -> str:
+    if name == "IRDIFF_DATA":  # unset: the folder `irdiff data fetch` downloads to
+        from irdiff.data.catalog import data_root
+
+        return str(data_root())
+    return ""
+
+
 def _expand_env(s: str) -> str:
-    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None else ""), s)
+    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None
+                                             else _env_default(m.group(1))), s)
 
 
 # ---- loading, overrides, validation -------------------------------------------------------------

@@ -76,7 +76,9 @@ def _files(folder: str | None, key: str, spec: Any) -> list[Path]:
     try:
         files = list_images(folder)
     except ValueError as e:
-        raise DataError(f"{key}: {e}") from None
+        from irdiff.data.catalog import fetch_hint
+
+        raise DataError(f"{key}: {e}{fetch_hint(folder)}") from None
     files = files[spec.first_image :]
     files = files[: spec.max_images] if spec.max_images else files
     if not files:
