@@ -47,8 +47,12 @@ def noise_seed(set_name: str, sigma: int, index: int) -> int:
 
 
 def data_root() -> Path:
-    env = os.environ.get("IRDIFF_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+    """$IRDIFF_DATA, else the development checkout's data folder beside the repository, else the user cache
+    that `irdiff data fetch CBSD68 Kodak24` fills."""
+    from irdiff.data import catalog
+
+    beside = ROOT.parent / "shared" / "data"
+    return catalog.data_root() if os.environ.get("IRDIFF_DATA") or not beside.is_dir() else beside
 
 
 def files_of(folder: str) -> list[Path]:
