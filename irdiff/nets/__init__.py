@@ -1,3 +1,10 @@
-"""Networks: forward(x, noise_level, cond=None). Importing this package registers them by name."""
+"""Networks: forward(x, noise_level, cond=None). Importing this package registers them by name.
 
-from irdiff.nets import restorers, unet  # noqa: F401
+official_*: the authors' architectures, for checkpoints imported with ``irdiff import`` (issue 12).
+"""
+
+from irdiff.nets import (  # noqa: F401
+    official_irsde,
+    restorers,
+    unet,
+)
