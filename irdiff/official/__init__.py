@@ -66,6 +66,9 @@ class OfficialFormat:
     paper: str = ""
     #: per-task changes to ``defaults`` (e.g. a task whose released net is narrower); used by import
     task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``infer_arch(state_dict) -> dict``: architecture arguments read off the (official-named) tensors'
+    #: shapes; they override the defaults, arguments given explicitly override them
+    infer_arch: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,12 @@ def convert(fmt: str, path: str | Path, **arch: Any) -> nn.Module:
     return convert_with_info(fmt, path, **arch)[0]
 
 
-def convert_with_info(fmt: str, path: str | Path, **arch: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """``convert`` plus what model.json records: the file, its sha256, the architecture, which copy was taken."""
+def convert_with_info(fmt: str, path: str | Path, task_arch: dict[str, Any] | None = None,
+                      **arch: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """``convert`` plus what model.json records: the file, its sha256, the architecture, which copy was taken.
+
+    The architecture is, by priority: ``arch`` (explicit), what ``infer_arch`` reads off the file, ``task_arch``
+    (the task's defaults), the format's defaults."""
     spec = get_format(fmt)
     unknown = [k for k in arch if k not in spec.defaults]
     if unknown:
@@ -181,8 +188,9 @@ def convert_with_info(fmt: str, path: str | Path, **arch: Any) -> tuple[nn.Modul
         raise OfficialCheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     if not isinstance(picked, Picked):
         picked = Picked(picked, "state_dict")
+    inferred = spec.infer_arch(picked.state_dict) if spec.infer_arch is not None else {}
     sd = spec.rename(picked.state_dict)
-    full_arch = {**spec.defaults, **arch}
+    full_arch = {**spec.defaults, **(task_arch or {}), **inferred, **arch}
     try:
         net = spec.build(**full_arch)
     except (TypeError, ValueError) as e:
@@ -335,10 +343,9 @@ def import_checkpoint(fmt: str, path: str | Path, out_dir: str | Path, task: str
             raise OfficialCheckpointError(f"--set {key}: not an architecture argument of {fmt} "
                                           f"({', '.join(spec.defaults)}) nor a dotted config key")
     task = _check_task(spec, task)
-    arch = {**spec.task_defaults.get(task, {}), **arch}
-    model_config(fmt, arch, task, overrides)  # config errors before reading the file
-    net, info = convert_with_info(fmt, path, **arch)
-    return write_model(net, fmt, arch, task, out_dir, overrides, info)
+    model_config(fmt, {**spec.task_defaults.get(task, {}), **arch}, task, overrides)  # errors before reading
+    net, info = convert_with_info(fmt, path, task_arch=spec.task_defaults.get(task), **arch)
+    return write_model(net, fmt, info["arch"], task, out_dir, overrides, info)
 
 
 def _import_formats() -> None:

@@ -83,6 +83,23 @@ def _select(form: str):
     return select
 
 
+def _infer(conditional: bool):
+    """nf, depth and channel counts from the tensors (the released nets differ from the training configs:
+    deshadowing's test config says nf=32, depth=5, its training config nf=64, depth=4)."""
+
+    def infer(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+        init, final = sd["init_conv.weight"], sd.get("final_conv.weight")
+        levels = {int(m.group(1)) for k in sd if (m := re.match(r"downs\.(\d+)\.", k))}
+        arch = {"nf": int(init.shape[0]), "in_nc": int(init.shape[1]) // (2 if conditional else 1)}
+        if levels:
+            arch["depth"] = max(levels) + 1
+        if final is not None and final.dim() == 4:
+            arch["out_nc"] = int(final.shape[0])
+        return arch
+
+    return infer
+
+
 def _build(conditional: bool, mid_attention: str):
     def build(in_nc: int, out_nc: int, nf: int, depth: int, upscale: int = 1) -> IRSDEUNet:
         # ``upscale`` is accepted and unused, as in the official constructor
@@ -160,10 +177,10 @@ IRSDE = register_format(OfficialFormat(
     name="irsde", defaults={**DEFAULTS, "upscale": 1}, build=_build(True, "linear"), select=_select("irsde"),
     rename=rename, model_json=_general_json, tasks=tuple(_TASKS), paper=PAPER,
     # the released deshadowing net is narrower and deeper (options/test/ir-sde.yml of deshadow)
-    task_defaults={"deshadow": {"nf": 32, "depth": 5}},
+    task_defaults={"deshadow": {"nf": 32, "depth": 5}}, infer_arch=_infer(True),
 ))
 
 IRSDE_DENOISE = register_format(OfficialFormat(
     name="irsde_denoise", defaults=dict(DEFAULTS), build=_build(False, "full"), select=_select("irsde_denoise"),
-    rename=rename, model_json=_denoise_json, tasks=("denoise",), paper=PAPER,
+    rename=rename, model_json=_denoise_json, tasks=("denoise",), paper=PAPER, infer_arch=_infer(False),
 ))
