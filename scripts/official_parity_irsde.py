@@ -21,6 +21,11 @@ sampler trajectories from the same state; ``<fmt>/fixture.json`` the settings an
   normal stream from a generator with that seed, in the same order).
 - irsde_denoise (Denoising-SDE, nf=4 depth=3, DenoisingSDE(max_sigma=75, T=100)): out = net(x_t, t);
   the official test, ``reverse_ode(noisy, T=get_optimal_timestep(25))``.
+- refusion / refusion_latent (Refusion's ConditionalNAFNet, pixel-space from the deraining config and
+  latent from latent-dehazing, width 8): out = net(x_t, μ, t). NAFNet's zero-initialised beta / gamma
+  are given seeded random values first, so that the blocks are not the identity.
+- refusion_ae (latent Refusion's autoencoder, unet-latent, ch 4): encode, decode, decode of another
+  latent with the same skip features, forward.
 """
 
 from __future__ import annotations
@@ -43,15 +48,26 @@ NF, DEPTH = 4, 3
 H, W = 20, 28  # not multiples of 2**DEPTH: the official reflect padding is exercised
 
 
-def load_arch(checkout: Path, config_dir: str) -> types.ModuleType:
-    """Import <config_dir>/models/modules/DenoisingUNet_arch.py as a package module, without running the
-    package's __init__ (which imports the whole training stack)."""
+def load_arch(checkout: Path, config_dir: str, module: str = "DenoisingUNet_arch") -> types.ModuleType:
+    """Import <config_dir>/models/modules/<module>.py as a package module, without running the package's
+    __init__ (which imports the whole training stack)."""
     mod_dir = checkout / "codes" / "config" / config_dir / "models" / "modules"
     name = "official_" + config_dir.replace("-", "_")
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [str(mod_dir)]
-    sys.modules[name] = pkg
-    return importlib.import_module(f"{name}.DenoisingUNet_arch")
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(mod_dir)]
+        sys.modules[name] = pkg
+    return importlib.import_module(f"{name}.{module}")
+
+
+def randomise_zero_params(net: torch.nn.Module, seed: int) -> None:
+    """NAFNet's beta / gamma start at zero (every block the identity): give them seeded random values so
+    that the fixture tests the blocks."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
 
 
 def load_sde_utils(checkout: Path) -> types.ModuleType:
@@ -143,6 +159,63 @@ def make_irsde_denoise(checkout: Path, sde_utils: types.ModuleType, out: Path) -
             "source": "codes/config/denoising-sde/models/modules/DenoisingUNet_arch.py, codes/utils/sde_utils.py"}
 
 
+def make_refusion(checkout: Path, sde_utils: types.ModuleType, out: Path) -> dict:
+    """Pixel-space Refusion: the deraining ConditionalNAFNet (width 4, blocks 1/1/1/2), one net call."""
+    arch = load_arch(checkout, "deraining", "DenoisingNAFNet_arch")
+    kw = {"img_channel": 3, "width": 4, "enc_blk_nums": [1, 1, 1, 2], "middle_blk_num": 1,
+          "dec_blk_nums": [1, 1, 1, 1]}
+    torch.manual_seed(SEED)
+    net = arch.ConditionalNAFNet(**kw).eval()
+    randomise_zero_params(net, SEED)
+    gt, lq = fixed_images(SEED + 3)
+    x_t = torch.cat([gt, lq]) + 0.1 * torch.randn(2, 3, H, W)
+    t = torch.tensor([5, 80])
+    with torch.no_grad():
+        tensors = {"x_t": x_t, "lq": lq, "t": t.float(), "out": net(x_t, lq.expand(2, -1, -1, -1), t),
+                   "out_int_t": net(x_t[:1], lq, 40)}
+    official_save(net, out / "net.pth")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "io.safetensors"))
+    return {"format": "refusion", "arch": kw, "seed": SEED,
+            "source": "codes/config/deraining/models/modules/DenoisingNAFNet_arch.py"}
+
+
+def make_refusion_latent(checkout: Path, sde_utils: types.ModuleType, out: Path) -> dict:
+    """Latent Refusion: the latent-dehazing ConditionalNAFNet on 8 channels (width 8), one net call."""
+    arch = load_arch(checkout, "latent-dehazing", "DenoisingNAFNet_arch")
+    kw = {"img_channel": 8, "width": 8, "enc_blk_nums": [1, 1, 2], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1]}
+    torch.manual_seed(SEED)
+    net = arch.ConditionalNAFNet(**kw).eval()
+    randomise_zero_params(net, SEED)
+    g = torch.Generator().manual_seed(SEED + 4)
+    x_t, mu = torch.randn(2, 8, 6, 9, generator=g), torch.randn(2, 8, 6, 9, generator=g)
+    t = torch.tensor([3, 99])
+    with torch.no_grad():
+        tensors = {"x_t": x_t, "mu": mu, "t": t.float(), "out": net(x_t, mu, t)}
+    official_save(net, out / "net.pth")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "io.safetensors"))
+    return {"format": "refusion_latent", "arch": kw, "seed": SEED,
+            "source": "codes/config/latent-dehazing/models/modules/DenoisingNAFNet_arch.py"}
+
+
+def make_refusion_ae(checkout: Path, sde_utils: types.ModuleType, out: Path) -> dict:
+    """Latent Refusion's autoencoder (unet-latent UNet, ch 4, ch_mult 2/4/4/8, 8 latent channels):
+    encode, decode with the encoder's skips, and decode of another latent with the same skips."""
+    arch = load_arch(checkout, "unet-latent", "UNet_arch")
+    kw = {"in_ch": 3, "out_ch": 3, "ch": 4, "ch_mult": [2, 4, 4, 8], "embed_dim": 8}
+    torch.manual_seed(SEED)
+    net = arch.UNet(**kw).eval()
+    gt, lq = fixed_images(SEED + 5)
+    with torch.no_grad():
+        latent, hidden = net.encode(lq)
+        other = torch.randn_like(latent)
+        tensors = {"lq": lq, "latent": latent, "recon": net.decode(latent, hidden),
+                   "other_latent": other, "decoded_other": net.decode(other, hidden), "forward": net(lq)}
+    official_save(net, out / "net.pth")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "io.safetensors"))
+    return {"format": "refusion_ae", "arch": kw, "seed": SEED,
+            "source": "codes/config/unet-latent/models/modules/UNet_arch.py"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkout", type=Path, help="a checkout of github.com/Algolzw/image-restoration-sde")
@@ -158,7 +231,8 @@ def main() -> int:
             ap.error(f"{args.checkout}: not a git work tree; pass --commit SHA")
     torch.set_num_threads(1)
     sde_utils = load_sde_utils(args.checkout)
-    for fmt, make in (("irsde", make_irsde), ("irsde_denoise", make_irsde_denoise)):
+    for fmt, make in (("irsde", make_irsde), ("irsde_denoise", make_irsde_denoise), ("refusion", make_refusion),
+                      ("refusion_latent", make_refusion_latent), ("refusion_ae", make_refusion_ae)):
         out = args.out / fmt
         out.mkdir(parents=True, exist_ok=True)
         meta = make(args.checkout, sde_utils, out)

@@ -5,6 +5,7 @@ official_*: the authors' architectures, for checkpoints imported with ``irdiff i
 
 from irdiff.nets import (  # noqa: F401
     official_irsde,
+    official_refusion,
     restorers,
     unet,
 )

@@ -62,18 +62,22 @@ class ChannelLayerNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """conv → FiLM(step) → SiLU → conv → SiLU, plus a (1×1, bias-free) projection of the input."""
+    """conv → FiLM(step) → SiLU → conv → SiLU, plus a (1×1, bias-free) projection of the input.
 
-    def __init__(self, cin: int, cout: int, emb_dim: int):
+    Without ``emb_dim`` (Refusion's autoencoder) there is no FiLM."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int | None):
         super().__init__()
-        self.emb_proj = nn.Linear(emb_dim, 2 * cout)
+        self.emb_proj = nn.Linear(emb_dim, 2 * cout) if emb_dim else None
         self.conv1 = conv(cin, cout)
         self.conv2 = conv(cout, cout)
         self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = F.silu(film(self.conv1(x), self.emb_proj(F.silu(emb))))
-        h = F.silu(self.conv2(h))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(x)
+        if self.emb_proj is not None:
+            h = film(h, self.emb_proj(F.silu(emb)))
+        h = F.silu(self.conv2(F.silu(h)))
         return h + self.skip(x)
 
 

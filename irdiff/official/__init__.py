@@ -351,3 +351,4 @@ def import_checkpoint(fmt: str, path: str | Path, out_dir: str | Path, task: str
 def _import_formats() -> None:
     # each module registers its formats on import (one line per paper, added as each lands)
     import irdiff.official.irsde  # noqa: F401
+    import irdiff.official.refusion  # noqa: F401

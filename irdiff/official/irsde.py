@@ -33,11 +33,12 @@ PAPER = "Luo et al., Image Restoration with Mean-Reverting SDEs, ICML 2023"
 _RENAMES = [
     (r"^time_mlp\.1\.", "time_fc1."),
     (r"^time_mlp\.3\.", "time_fc2."),
-    (r"^(downs|ups)\.(\d+)\.0\.", r"\1.\2.res1."),
-    (r"^(downs|ups)\.(\d+)\.1\.", r"\1.\2.res2."),
-    (r"^(downs|ups)\.(\d+)\.2\.", r"\1.\2.attn."),
-    (r"^(downs|ups)\.(\d+)\.3\.1\.", r"\1.\2.resample.conv."),  # nearest ×2 then conv: Sequential index 1
-    (r"^(downs|ups)\.(\d+)\.3\.", r"\1.\2.resample."),
+    # U-Net levels: IR-SDE's downs/ups, Refusion's autoencoder encoder/decoder
+    (r"^(downs|ups|encoder|decoder)\.(\d+)\.0\.", r"\1.\2.res1."),
+    (r"^(downs|ups|encoder|decoder)\.(\d+)\.1\.", r"\1.\2.res2."),
+    (r"^(downs|ups|encoder|decoder)\.(\d+)\.2\.", r"\1.\2.attn."),
+    (r"^(downs|ups|encoder|decoder)\.(\d+)\.3\.1\.", r"\1.\2.resample.conv."),  # nearest ×2, conv: index 1
+    (r"^(downs|ups|encoder|decoder)\.(\d+)\.3\.", r"\1.\2.resample."),
     (r"\.mlp\.1\.", ".emb_proj."),
     (r"\.block1\.proj\.", ".conv1."),
     (r"\.block2\.proj\.", ".conv2."),
@@ -68,6 +69,10 @@ def _select(form: str):
     def select(container: Any) -> Picked:
         picked = unwrap(container, form)
         sd = picked.state_dict
+        if "intro.weight" in sd and "time_mlp.1.weight" in sd:
+            raise OfficialCheckpointError("a Refusion ConditionalNAFNet checkpoint: use --format refusion")
+        if "latent_conv.weight" in sd:
+            raise OfficialCheckpointError("a latent Refusion autoencoder checkpoint: use --format refusion_ae")
         if "init_conv.weight" not in sd or "time_mlp.1.weight" not in sd:
             first = ", ".join(list(sd)[:3])
             raise OfficialCheckpointError(f"not an IR-SDE ConditionalUNet checkpoint (--format {form}): "
