@@ -139,6 +139,37 @@ def test_dataparallel_prefix_and_wrapped_state_dict_load(tmp_path):
             assert torch.equal(a, b), k
 
 
+def test_ema_wrapper_state_dict_gives_the_average(tmp_path):
+    from ema_pytorch import EMA
+
+    from irdiff.official import convert_with_info
+
+    path, _, _ = fixture("irsde")
+    online = convert("irsde", path)
+    ema = EMA(online, beta=0.5, update_every=1, update_after_step=0)
+    ema.update()  # the first update copies the online weights
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)  # the online net moves away; the average must not be what we load
+    ema.update()
+    # the wrapper's state_dict as the official code would hold it: official key names inside
+    from irdiff.official.irsde import rename
+
+    official_keys = list(torch.load(path, weights_only=True))
+    to_official = dict(zip(rename(torch.load(path, weights_only=True)), official_keys))
+    wrapped = {}
+    for k, v in ema.state_dict().items():
+        head, _, rest = k.partition(".")
+        wrapped[f"{head}.{to_official[rest]}" if rest in to_official else k] = (
+            v.reshape(1, -1, 1, 1) if to_official.get(rest, "").endswith(".g") else v)
+    torch.save(wrapped, tmp_path / "ema.pth")
+    net, info = convert_with_info("irsde", tmp_path / "ema.pth")
+    assert "ema_model" in info["taken"]
+    for (k, a), b in zip(ema.ema_model.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(net.init_conv.weight, online.init_conv.weight)
+
+
 # ---- refusals -------------------------------------------------------------------------------------
 
 

@@ -112,17 +112,28 @@ def is_state_dict(obj: Any) -> bool:
 
 def unwrap(container: Any, fmt: str, keys: tuple[str, ...] = ("state_dict", "params_ema", "params")) -> Picked:
     """The state_dict in ``container``: the container itself, or the first of ``keys`` holding one
-    (``module.`` prefixes stripped). Anything else is refused, naming the top-level keys found."""
+    (``module.`` prefixes stripped; from an ema_pytorch ``EMA`` state_dict, its ``ema_model.`` weights).
+    Anything else is refused, naming the top-level keys found."""
     if is_state_dict(container):
-        return Picked(strip_prefix(container), "state_dict")
+        return ema_weights(Picked(strip_prefix(container), "state_dict"))
     if isinstance(container, dict):
         for key in keys:
             if is_state_dict(container.get(key)):
-                return Picked(strip_prefix(container[key]), key)
+                return ema_weights(Picked(strip_prefix(container[key]), key))
         found = ", ".join(repr(k) for k in list(container)[:5]) or "none"
         raise OfficialCheckpointError(f"not a {fmt} checkpoint: no state_dict of tensors found "
                                       f"(top-level keys: {found})")
     raise OfficialCheckpointError(f"not a {fmt} checkpoint: holds a {type(container).__name__}, not a state_dict")
+
+
+def ema_weights(picked: Picked) -> Picked:
+    """An ema_pytorch ``EMA`` wrapper's state_dict holds ``ema_model.*`` (the average), ``online_model.*``
+    (the trained net, when kept) and counters: take the average, and say so."""
+    sd = picked.state_dict
+    if not any(k.startswith("ema_model.") for k in sd):
+        return picked
+    return Picked(strip_prefix({k[len("ema_model."):]: v for k, v in sd.items() if k.startswith("ema_model.")}),
+                  f"{picked.taken}: ema_model (the EMA average)")
 
 
 def strip_prefix(sd: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
