@@ -181,8 +181,9 @@ DEFAULTS = {"in_nc": 3, "out_nc": 3, "nf": 64, "depth": 4}
 IRSDE = register_format(OfficialFormat(
     name="irsde", defaults={**DEFAULTS, "upscale": 1}, build=_build(True, "linear"), select=_select("irsde"),
     rename=rename, model_json=_general_json, tasks=tuple(_TASKS), paper=PAPER,
-    # the released deshadowing net is narrower and deeper (options/test/ir-sde.yml of deshadow)
-    task_defaults={"deshadow": {"nf": 32, "depth": 5}}, infer_arch=_infer(True),
+    # widths are read off the file: the deshadowing test config says nf=32, depth=5, its training config
+    # nf=64, depth=4; the tensors decide
+    infer_arch=_infer(True),
 ))
 
 IRSDE_DENOISE = register_format(OfficialFormat(
