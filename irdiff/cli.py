@@ -1,4 +1,4 @@
-"""Command line: irdiff train | restore | eval | info | quickstart | bench | demo."""
+"""Command line: irdiff train | restore | eval | info | quickstart | bench | demo | import."""
 
 from __future__ import annotations
 
@@ -297,6 +297,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert an authors' released checkpoint into an irdiff model folder",
+                       description="Read an official checkpoint (weights-only; never unpickles code) and write "
+                       "MODEL_DIR/model.safetensors + model.json with the official sampling settings. "
+                       "irdiff downloads nothing: bring the file. See docs/official_checkpoints.md.")
+    p.add_argument("checkpoint", help="the authors' .pth / .pt file")
+    p.add_argument("--format", required=True, help="irsde, irsde_denoise, sr3, palette, cold, noise_da, rddm")
+    p.add_argument("-o", "--out", required=True, help="model folder to create (must not exist, or be empty)")
+    p.add_argument("--task", help="which released model (sets the official settings; default: the format's first)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an architecture argument by its official name (nf=32) or a config key (sample.steps=50)")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from irdiff.official import import_checkpoint
+
+    out = import_checkpoint(args.format, args.checkpoint, args.out, task=args.task, sets=args.set)
+    print(f"imported {args.checkpoint} ({args.format}) -> {out}")
+    return 0
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train a small denoiser on built-in images and restore a sample (offline)")
     p.add_argument("--out", default="runs/quickstart")
@@ -342,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irdiff", description="Diffusion-based image restoration toolkit")
     parser.add_argument("--version", action="version", version=f"irdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart, _add_data):
+    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart, _add_data, _add_import):
         add(sub)
     from irdiff import bench
 
@@ -357,7 +378,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "restore": cmd_restore, "eval": cmd_eval, "info": cmd_info,
-            "quickstart": cmd_quickstart, "bench": cmd_bench, "data": cmd_data}
+            "quickstart": cmd_quickstart, "bench": cmd_bench, "data": cmd_data,
+            "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,10 @@ Differences from the reference code (deliberate):
 - the posterior sampler may jump over steps (any decreasing subset of 1..T ending at 0), with η
   scaling its std; the reference only has the one-step, η = 1 version.
 - schedules and every exp are float64 (the reference uses float32).
+
+``net_input: official`` feeds a net trained by the reference code (``irdiff import --format irsde``):
+net(x_t, t, cond=μ) with images mapped back to [0, 1] and t the integer step, as the authors' nets
+were trained (the clean variant: net(x_t, t)). ε needs no rescaling: x_t and √v_t scale alike.
 """
 
 from __future__ import annotations
@@ -76,7 +80,11 @@ class IRSDE(Method):
     std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
     ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
     Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
-    the 0–255 scale, where sampling starts; must be < lam).
+    the 0–255 scale, where sampling starts; must be < lam), ``net_input`` ("residual": irdiff's own
+    net(x_t − μ, t/T, μ) in [−1, 1]; "official": the reference code's net(x_t, t, μ) in [0, 1] with the
+    integer step t, for imported checkpoints), ``lr_upsample`` (SR: how an LR input is brought to the
+    output size: "matlab" bicubic, the data pipeline's, or "torch" F.interpolate bicubic, the reference
+    code's, for its checkpoints).
     """
 
     noise_level_dim = 1
@@ -87,7 +95,8 @@ class IRSDE(Method):
 
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
                  loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0,
-                 mean_target: str = "lq", noise_sigma: float = 25.0):
+                 mean_target: str = "lq", noise_sigma: float = 25.0, net_input: str = "residual",
+                 lr_upsample: str = "matlab"):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if lam <= 0:
@@ -100,9 +109,15 @@ class IRSDE(Method):
             raise ValueError(f"unknown loss_norm {loss_norm!r}; known: l1, l2")
         if mean_target not in ("lq", "clean"):
             raise ValueError(f"unknown mean_target {mean_target!r}; known: lq, clean")
+        if lr_upsample not in ("matlab", "torch"):
+            raise ValueError(f"unknown lr_upsample {lr_upsample!r}; known: matlab, torch")
+        if net_input not in ("residual", "official"):
+            raise ValueError(f"unknown net_input {net_input!r}; known: residual, official")
         if mean_target == "clean" and not 0 < noise_sigma < lam:
             raise ValueError(f"noise_sigma must be in (0, lam = {lam}), got {noise_sigma}")
         self.mean_target = mean_target
+        self.net_input = net_input
+        self.lr_upsample = lr_upsample
         self.noise_sigma = float(noise_sigma)
         self.num_steps = int(num_steps)
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
@@ -159,14 +174,25 @@ class IRSDE(Method):
         return int(np.argmin(np.abs(np.sqrt(self.variance(np.arange(self.num_steps + 1))) - target)))
 
     # --- net plumbing -------------------------------------------------------------------------
+    def upsample_input(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
+        if self.lr_upsample == "matlab":
+            return super().upsample_input(lr, scale)
+        # the reference's util.upscale: F.interpolate bicubic (a = −0.75, no antialias), not clamped
+        return nn.functional.interpolate(lr[None], scale_factor=scale, mode="bicubic")[0]
+
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels if self.clean_mean else 2 * img_channels
 
     def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None,
                       t: torch.Tensor | int) -> torch.Tensor:
-        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor."""
+        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor.
+
+        ``net_input == "official"``: ε̂ = net((x_t + 1)/2, t, cond=(μ + 1)/2), the reference code's call."""
         if not torch.is_tensor(t):
             t = torch.full((x.shape[0],), int(t), device=x.device)
+        if self.net_input == "official":
+            step = t.to(device=x.device, dtype=torch.float32)
+            return net((x + 1) / 2, step, None if self.clean_mean else (mu + 1) / 2)
         level = t.to(device=x.device, dtype=x.dtype) / self.num_steps
         if self.clean_mean:
             return net(x, level, None)
