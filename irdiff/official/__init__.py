@@ -125,3 +125,4 @@ def convert(fmt: str, path: str | Path, **arch: Any) -> nn.Module:
 def _import_formats() -> None:
     # each module registers its formats on import (one line per paper, added as each lands)
     import irdiff.official.cold  # noqa: F401
+    import irdiff.official.noise_da  # noqa: F401
