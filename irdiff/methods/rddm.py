@@ -12,6 +12,12 @@ both in [0, 1] (the second is ≈ t/T for the default schedule). Conditioning on
 rather than on t (the reference restoration code feeds t) is what lets the α / β schedule shapes
 be changed at sampling time (``sample(..., alpha_schedule=..., beta_schedule=...)``).
 
+The reference's released / trained nets (``irdiff.official.rddm``) need three options: ``level: index``
+feeds its restoration code's time input t − 1 (twice, one column per U-Net) instead of the
+coefficients; ``res_clip: 1`` clamps the predicted residual to [−1, 1] as its sampler does (it is in
+[−2, 2] in truth); ``step_spacing: trunc`` picks the sampling steps as it does
+(``torch.linspace(−1, T − 1, S + 1).int()`` + 1, which differs from even rounding when S does not divide T).
+
 Variants (``mode``): "res_noise" (SM-Res-N, one net with 2C outputs: residual first, then noise),
 "res" (SM-Res: ε derived from the residual), "noise" (SM-N: I_0 derived from ε; singular where
 ᾱ_t = 1, i.e. at t = T, where I_T carries no information about the residual).
@@ -77,7 +83,8 @@ class RDDM(Method):
     def __init__(self, num_steps: int = 1000, mode: str = "res_noise", alpha_schedule: str = "decreased",
                  beta_schedule: str = "increased", sum_scale: float = 0.01, loss_type: str = "l1",
                  lambda_res: float = 1.0, lambda_noise: float = 1.0, eta: float = 0.0,
-                 clip_denoised: bool = True):
+                 clip_denoised: bool = True, level: str = "coefficients", res_clip: float = 2.0,
+                 step_spacing: str = "even"):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if mode not in MODES:
@@ -96,6 +103,13 @@ class RDDM(Method):
         self.lambda_noise = float(lambda_noise)
         self.eta = float(eta)
         self.clip_denoised = bool(clip_denoised)
+        if level not in ("coefficients", "index"):
+            raise ValueError(f"level must be 'coefficients' or 'index', got {level!r}")
+        if not res_clip > 0:
+            raise ValueError(f"res_clip must be > 0, got {res_clip}")
+        if step_spacing not in ("even", "trunc"):
+            raise ValueError(f"step_spacing must be 'even' or 'trunc', got {step_spacing!r}")
+        self.level, self.res_clip, self.step_spacing = level, float(res_clip), step_spacing
         alphas = coefficients(self.num_steps, alpha_schedule)
         betas2 = coefficients(self.num_steps, beta_schedule) * self.sum_scale
         self.alpha_bar = np.clip(np.cumsum(alphas), 0.0, 1.0)
@@ -106,7 +120,8 @@ class RDDM(Method):
         return dict(num_steps=self.num_steps, mode=self.mode, alpha_schedule=self.alpha_schedule,
                     beta_schedule=self.beta_schedule, sum_scale=self.sum_scale, loss_type=self.loss_type,
                     lambda_res=self.lambda_res, lambda_noise=self.lambda_noise, eta=self.eta,
-                    clip_denoised=self.clip_denoised)
+                    clip_denoised=self.clip_denoised, level=self.level, res_clip=self.res_clip,
+                    step_spacing=self.step_spacing)
 
     def with_schedules(self, alpha_schedule: str | None = None, beta_schedule: str | None = None) -> RDDM:
         """A copy with other α / β² schedule shapes (same T and β̄_T), for path-independent sampling."""
@@ -123,7 +138,10 @@ class RDDM(Method):
 
     # --- net plumbing -------------------------------------------------------------------------
     def noise_level(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """(ᾱ_t, β̄_t / β̄_T) as a (B, 2) tensor."""
+        """(ᾱ_t, β̄_t / β̄_T) as a (B, 2) tensor; (t − 1, t − 1) with ``level: index``."""
+        if self.level == "index":
+            v = (t.detach().to("cpu", torch.float64).view(-1) - 1).to(device=like.device, dtype=like.dtype)
+            return torch.stack([v, v], dim=1)
         a = gather(self.alpha_bar, t, like).view(-1)
         b = gather(self.beta_bar / self.beta_bar[-1], t, like).view(-1)
         return torch.stack([a, b], dim=1)
@@ -132,7 +150,7 @@ class RDDM(Method):
                 clip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(I_res^θ, ε^θ, I_0^θ) at I_t = x; the missing head is derived from the other per ``mode``.
 
-        With ``clip``, I_0^θ is clamped to [−1, 1] and I_res^θ to [−2, 2] (its true range); the
+        With ``clip``, I_0^θ is clamped to [−1, 1] and I_res^θ to ±``res_clip`` (2: its true range); the
         derived quantities are computed from the clamped ones so the three stay consistent.
         """
         if not torch.is_tensor(t):
@@ -143,10 +161,10 @@ class RDDM(Method):
             c = x.shape[1]
             res, eps = out[:, :c], out[:, c:]
             if clip:
-                res = res.clamp(-2, 2)
+                res = res.clamp(-self.res_clip, self.res_clip)
             x0 = x - a_t * res - b_t * eps
         elif self.mode == "res":
-            res = out.clamp(-2, 2) if clip else out
+            res = out.clamp(-self.res_clip, self.res_clip) if clip else out
             x0 = cond - res
             eps = (x - cond - (a_t - 1) * res) / b_t  # / β̄_t: tiny at small t, cf. DESIGN §3.4
         else:
@@ -199,9 +217,19 @@ class RDDM(Method):
         if alpha_schedule or beta_schedule:
             method = self.with_schedules(alpha_schedule, beta_schedule)
         x_T = method.start(cond, generator)
+        steps = steps or self.default_steps
+        if self.step_spacing == "trunc" and isinstance(steps, int):
+            steps = trunc_timesteps(self.num_steps, steps)
         with torch.no_grad():
-            return SAMPLERS[name](method, net, x_T, cond, steps or self.default_steps, generator, callback,
-                                  **extra)
+            return SAMPLERS[name](method, net, x_T, cond, steps, generator, callback, **extra)
+
+
+def trunc_timesteps(T: int, steps: int) -> list[int]:
+    """The reference's sampling steps: ``torch.linspace(−1, T − 1, S + 1).int()`` (0-based, float32,
+    truncated toward zero) shifted to our 1-based t, decreasing to 0."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    return [int(v) + 1 for v in reversed(torch.linspace(-1, T - 1, steps + 1).int().tolist())]
 
 
 # ---- samplers: (method, net, x_T, cond, steps, generator, callback) -> x_0 ------------------------

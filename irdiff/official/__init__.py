@@ -126,3 +126,4 @@ def _import_formats() -> None:
     # each module registers its formats on import (one line per paper, added as each lands)
     import irdiff.official.cold  # noqa: F401
     import irdiff.official.noise_da  # noqa: F401
+    import irdiff.official.rddm  # noqa: F401
