@@ -9,7 +9,8 @@ fixed seed, saved as the official ``Trainer.save`` does ({'step', 'model', 'opt0
 so that a test can tell which one was loaded):
 
 - ``generation``: experiments/0_Partially_path-independent_generation (the layout of the released
-  weights): ``UnetRes(num_unet=2)``, unconditional, time input [ᾱ_t·T, β̄_t·T];
+  weights): ``UnetRes(num_unet=2)``, unconditional, time input [ᾱ_t·T, β̄_t·T]; besides the net's output,
+  the official test's sampling (``init()``, then the two-stage ``ddim_sample``, 3 steps, seeded) is stored;
 - ``restoration``: experiments/2_Image_Restoration_deraing_raindrop_noise1: ``UnetRes(share_encoder=0)``
   (two U-Nets), conditioned on the degraded image, time input t − 1. Besides the net's output, the
   official ``ddim_sample`` (3 steps, η = 0, from a seeded start) is run and its result stored.
@@ -83,18 +84,24 @@ def main() -> None:
     torch.manual_seed(0)
     unet = ns["UnetRes"](**ARCH, num_unet=2, condition=False, objective="pred_res_noise",
                          test_res_or_noise="res_noise")
-    diffusion = ns["ResidualDiffusion"](unet, image_size=16, timesteps=T, sampling_timesteps=10,
+    diffusion = ns["ResidualDiffusion"](unet, image_size=16, timesteps=T, sampling_timesteps=3,
                                         objective="pred_res_noise", loss_type="l2", condition=False, sum_scale=1,
                                         test_res_or_noise="res_noise")
     ckpt, ema = _container(diffusion)
+    ema.eval()
     x = torch.randn(2, 3, 16, 16, generator=g)
     t = torch.tensor([999, 250])
     time = [ema.alphas_cumsum[t] * ema.num_timesteps, ema.betas_cumsum[t] * ema.num_timesteps]
     with torch.no_grad():
         res, noise = ema.model(x, time)
+        # the official test: ema_model.init(), then the two-stage ddim_sample from randn (seeded), x_input [0]
+        ema.init()
+        torch.manual_seed(7)
+        sampled = ema.ddim_sample([0], (2, 3, 16, 16), last=True)[-1]  # in [0, 1] (unnormalised)
     torch.save(ckpt, out / "generation.pt")
-    torch.save({"x": x, "time": torch.stack(time, 1), "y": torch.cat([res, noise], 1), "arch": arch,
-                "num_unet": 2, "commit": commit}, out / "generation_io.pt")
+    torch.save({"x": x, "time": torch.stack(time, 1), "y": torch.cat([res, noise], 1), "sample_seed": 7,
+                "sample_steps": 3, "sampled": sampled, "arch": arch, "num_unet": 2, "commit": commit},
+               out / "generation_io.pt")
 
     # ---- restoration: share_encoder=0 (two U-Nets), conditioned, time = t - 1 -------------------------
     ns = _namespace(repo / RES)

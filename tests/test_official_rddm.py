@@ -83,6 +83,38 @@ def test_the_official_ddim_sampler_through_our_method():
     assert ((out + 1) / 2 - io["sampled"]).abs().max().item() <= 1e-5
 
 
+def _generation_arch(io):
+    return {**_arch(io), "channels": 3, "num_unet": 2, "objective": "pred_res_noise", "condition": False,
+            "time_input": "coefficients"}
+
+
+def test_the_official_two_stage_generation_through_our_method():
+    """The released models' test: init(), then the partially path-independent ddim_sample (3 steps, seeded
+    randn start, I_in = 0) == RDDM.sample with the generate_celeba settings (input only sets the size)."""
+    io = _io("generation")
+    net = convert("rddm", FIX / "generation.pt", **_arch(io, condition=False, time_input="coefficients"))
+    settings = model_json(_generation_arch(io), "generate_celeba")
+    assert settings["sample"] == {"sampler": "two_stage", "steps": 10}
+    method = RDDM(**{k: v for k, v in settings["method"].items() if k != "name"})
+    g = torch.Generator().manual_seed(io["sample_seed"])
+    with torch.no_grad():
+        out = method.sample(net, torch.rand(2, 3, 16, 16), steps=io["sample_steps"], sampler="two_stage", generator=g)
+    assert ((out + 1) / 2 - io["sampled"]).abs().max().item() <= 1e-5
+
+
+def test_ddpm_converted_schedule():
+    """ᾱ_t = 1 − √∏(1 − β_i), β̄_t² = 1 − ∏(1 − β_i), β linear 1e-4 … 0.02 (T = 1000)."""
+    m = RDDM(alpha_schedule="ddpm", beta_schedule="ddpm", condition=False)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    prod = np.cumprod(1 - betas)
+    assert np.allclose(m.alpha_bar[1:], 1 - np.sqrt(prod), atol=1e-6)
+    assert np.allclose(m.beta_bar[1:] ** 2, 1 - prod, atol=1e-6)
+    assert m.alpha_bar[0] == 0 and m.beta_bar[0] == 0
+    with pytest.raises(ValueError, match="ddpm"):
+        RDDM(alpha_schedule="ddpm", beta_schedule="ddpm")  # conditional: ᾱ_T < 1 would not reach I_in
+    assert m.net_in_channels(3) == 3 and RDDM().net_in_channels(3) == 6
+
+
 def test_trunc_step_spacing_is_the_references():
     # torch.linspace(-1, 999, 4).int() = [-1, 332, 665, 999] -> 1-based, decreasing
     assert trunc_timesteps(1000, 3) == [1000, 666, 333, 0]
@@ -131,9 +163,31 @@ def test_other_formats_and_variants_are_refused(tmp_path):
     # a generation checkpoint does not fit the conditional default (6 input channels): the layer is named
     with pytest.raises(OfficialCheckpointError, match="init_conv"):
         convert("rddm", FIX / "generation.pt", **_arch(_io("generation")))
-    with pytest.raises(OfficialCheckpointError, match="unconditional"):
-        model_json({**_arch(_io("generation")), "channels": 3, "num_unet": 2, "objective": "pred_res_noise",
-                    "condition": False, "time_input": "coefficients"}, None)
+    # a task whose checkpoints have another architecture than the one given
+    gen_arch = {**_arch(_io("generation")), "channels": 3, "num_unet": 2, "objective": "pred_res_noise",
+                "condition": False, "time_input": "coefficients"}
+    with pytest.raises(OfficialCheckpointError, match="derain_raindrop: needs condition=True"):
+        model_json(gen_arch, None)
+    with pytest.raises(OfficialCheckpointError, match="generate_celeba: needs condition=False"):
+        model_json({**gen_arch, "condition": True, "time_input": "index"}, "generate_celeba")
+
+
+def test_generation_model_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    import irdiff
+
+    io = _io("generation")
+    settings = model_json(_generation_arch(io), "generate_celeba")
+    config = {k: v for k, v in settings.items() if k in ("img_channels", "method", "net", "sample", "data")}
+    config["sample"]["steps"] = 3
+    net = convert("rddm", FIX / "generation.pt", **_arch(io, condition=False, time_input="coefficients"))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.json").write_text(json.dumps({"config": config}))
+    r = irdiff.load(tmp_path)
+    img = np.zeros((16, 16, 3), dtype=np.float32)
+    out = r.restore(img, progress=False, generator=torch.Generator().manual_seed(io["sample_seed"]))
+    assert np.abs(out - io["sampled"][0].permute(1, 2, 0).numpy()).max() <= 1e-5
 
 
 def test_model_folder_restores(tmp_path):

@@ -40,6 +40,9 @@ _TASKS = {
     "generate_afhq": (300, 27, 0.01, "exponential", "circular", 3),
 }
 
+# the architecture each task's checkpoints have, where it differs from DEFAULTS
+TASK_DEFAULTS = {"deblur_mnist": {"channels": 1}}
+
 _UNET_KEY = "final_conv.1.weight"  # present in every Unet (the last 1x1 conv)
 
 
@@ -91,5 +94,7 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     }
 
 
+# per-task architecture defaults, where the framework supports them (OfficialFormat.task_defaults)
+_EXTRA = {"task_defaults": TASK_DEFAULTS} if "task_defaults" in OfficialFormat.__dataclass_fields__ else {}
 COLD = register_format(OfficialFormat(name="cold", defaults=dict(DEFAULTS), build=build, select=select,
-                                      model_json=model_json, tasks=tuple(_TASKS)))
+                                      model_json=model_json, tasks=tuple(_TASKS), **_EXTRA))

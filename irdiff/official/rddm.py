@@ -18,12 +18,11 @@ Tasks:
   the rainy image, T = 1000, α decreased / β² increased, β̄_T² = ``sum_scale`` 1, DDIM with η = 0 and 10
   steps (train.py's sampling_timesteps), residual clamped to [−1, 1]; images in [−1, 1];
 - ``restore``: the same with ResidualDiffusion's default β̄_T² = 0.01 for conditional models (set
-  ``method.sum_scale`` to the value of your training run, Table 4 of the paper's appendix).
-
-The released weights (two U-Nets for partially path-independent *generation* on CelebA 64²,
-``condition=False``, DDIM-converted schedule, a two-stage sampler) convert with
-``convert('rddm', path, condition=False, time_input='coefficients')`` (the net is verified); irdiff has no
-unconditional sampler for them, so ``irdiff import`` refuses them.
+  ``method.sum_scale`` to the value of your training run, Table 4 of the paper's appendix);
+- ``generate_celeba``: the released weights (experiments/0_Partially_path-independent_generation, CelebA
+  64²): two U-Nets without condition (``condition=False``, ``time_input='coefficients'``), the
+  DDIM-converted schedule (``convert_to_ddim``), the two-stage partially path-independent sampler with 10
+  steps, η = 0, loss l2. ``restore`` then *generates* a face: the input image only sets the output size.
 """
 
 from __future__ import annotations
@@ -40,7 +39,9 @@ T = 1000
 DEFAULTS = {"dim": 64, "dim_mults": (1, 2, 4, 8), "channels": 3, "resnet_block_groups": 8, "num_unet": 2,
             "objective": "pred_res_noise", "condition": True, "time_input": "index"}
 
-_TASKS = {"derain_raindrop": 1.0, "restore": 0.01}  # task -> sum_scale (β̄_T²)
+_TASKS = {"derain_raindrop": 1.0, "restore": 0.01, "generate_celeba": 1.0}  # task -> sum_scale (β̄_T²)
+# the architecture each task's checkpoints have, where it differs from DEFAULTS
+TASK_DEFAULTS = {"generate_celeba": {"condition": False, "time_input": "coefficients"}}
 _NET_BUFFERS = ("alphas", "alphas_cumsum", "one_minus_alphas_cumsum", "betas2", "betas", "betas2_cumsum",
                 "betas_cumsum", "posterior_mean_coef1", "posterior_mean_coef2", "posterior_mean_coef3",
                 "posterior_variance", "posterior_log_variance_clipped")
@@ -92,33 +93,40 @@ def select(container: Any) -> dict[str, torch.Tensor]:
 
 def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     task = task or "derain_raindrop"
-    if not arch["condition"]:
-        raise OfficialCheckpointError("condition=False is an unconditional generation model: irdiff restores images "
-                                      "and has no sampler for it (convert() still gives the verified net)")
+    generate = task == "generate_celeba"
+    if arch["condition"] == generate or (generate and arch["time_input"] != "coefficients"):
+        raise OfficialCheckpointError(
+            f"--task {task}: needs condition={not generate}" + (", time_input=coefficients" if generate else "")
+            + f" (got condition={arch['condition']}, time_input={arch['time_input']})")
     if arch["num_unet"] == 2:
         mode = "res_noise"
     else:
         mode = "res" if arch["objective"] == "pred_res" else "noise"
     net = {"name": "rddm_unetres", **_net_cfg(arch)}
+    schedules = {"alpha_schedule": "ddpm", "beta_schedule": "ddpm"} if generate else \
+        {"alpha_schedule": "decreased", "beta_schedule": "increased"}
     return {
         "img_channels": arch["channels"],
-        "method": {"name": "rddm", "num_steps": T, "mode": mode, "alpha_schedule": "decreased",
-                   "beta_schedule": "increased", "sum_scale": _TASKS[task], "loss_type": "l1", "eta": 0.0,
-                   "clip_denoised": True, "level": "index" if arch["time_input"] == "index" else "coefficients",
-                   "res_clip": 1.0, "step_spacing": "trunc"},
+        "method": {"name": "rddm", "num_steps": T, "mode": mode, **schedules, "sum_scale": _TASKS[task],
+                   "loss_type": "l2" if generate else "l1", "eta": 0.0, "clip_denoised": True,
+                   "level": "index" if arch["time_input"] == "index" else "raw", "res_clip": 1.0,
+                   "step_spacing": "trunc", "condition": arch["condition"]},
         "net": net,
-        "sample": {"sampler": "ddim", "steps": 10},
+        "sample": {"sampler": "two_stage" if generate else "ddim", "steps": 10},
         "data": {"train": {"scale": 1}},
         "value_range": "[-1, 1] (as irdiff)",
         "time_input": "t - 1 for both U-Nets" if arch["time_input"] == "index" else "[alpha_bar_t * T, beta_bar_t * T]",
         "padding_multiple": 2 ** (len(arch["dim_mults"]) - 1),
         "weights": "the EMA copy (the official test samples with ema.ema_model)",
-        "reference": "experiments/2_Image_Restoration_deraing_raindrop_noise1/train.py; "
-                     "src/residual_denoising_diffusion_pytorch.py ddim_sample",
+        "reference": ("experiments/0_Partially_path-independent_generation/test.py" if generate else
+                      "experiments/2_Image_Restoration_deraing_raindrop_noise1/train.py")
+        + "; src/residual_denoising_diffusion_pytorch.py ddim_sample",
         "padding": "irdiff reflect-pads to the multiple inside the net; the official dataset pads with black "
                    "to a multiple of 8 and at least image_size",
     }
 
 
+# per-task architecture defaults, where the framework supports them (OfficialFormat.task_defaults)
+_EXTRA = {"task_defaults": TASK_DEFAULTS} if "task_defaults" in OfficialFormat.__dataclass_fields__ else {}
 RDDM = register_format(OfficialFormat(name="rddm", defaults=dict(DEFAULTS), build=build, select=select,
-                                      model_json=model_json, tasks=tuple(_TASKS)))
+                                      model_json=model_json, tasks=tuple(_TASKS), **_EXTRA))
