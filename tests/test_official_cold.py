@@ -144,25 +144,19 @@ def test_level_index_feeds_the_official_time():
     assert net.levels[0] == [1.0] and net.levels[-1] == pytest.approx([0.2])
 
 
-def test_x0_step_down_matches_the_reference_loop():
-    """Our 'improved' sampler against the reference's all_sample x0_step_down loop, written out here."""
+def test_the_official_test_sampling():
+    """Trainer.test_from_data -> all_sample (x0_step_down, Exponential_reflect blur, every step), run by the
+    parity script from the official code, == our D and our 'improved' sampler with the imported settings."""
     io = _io()
-    net = convert("cold", FIX / "checkpoint.pt", **_arch(io)).double()
-    T = 4
-    m = ColdDiffusion("blur", num_steps=T, blur_kernel_size=5, blur_std=0.2, blur_schedule="exponential",
-                      blur_padding="reflect", level="index")
-    x0 = io["x"][:1].double()
-
-    def D(x, s):
-        return _official_blur_chain(x, s, 5, lambda i: np.exp(0.2 * i), "reflect")
-
-    img = D(x0, T)
+    d = io["diffusion"]
+    net = convert("cold", FIX / "checkpoint.pt", **_arch(io))
+    m = ColdDiffusion("blur", num_steps=d["timesteps"], blur_kernel_size=d["kernel_size"], blur_std=d["kernel_std"],
+                      blur_schedule="exponential", blur_padding="reflect", level="index")
+    assert (m.degrade(io["x0"], d["timesteps"]) - io["degraded"]).abs().max().item() <= 1e-6
     with torch.no_grad():
-        ours = m.sample(net, img.clone(), steps=T)
-        for times in range(T, 0, -1):
-            x = net(img, torch.full((1,), times - 1, dtype=torch.float64), None)
-            img = img - D(x, times) + D(x, times - 1)
-    assert (ours - img).abs().max().item() < 1e-9
+        out = m.sample(net, io["degraded"], steps=d["timesteps"])
+    assert (out - io["sampled"]).abs().max().item() <= 1e-5
+    assert (io["sampled"] - io["degraded"]).abs().max().item() > 0.05  # the sampler did move the image
 
 
 def test_model_folder_restores(tmp_path):
