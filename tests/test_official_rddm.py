@@ -136,6 +136,14 @@ def test_level_index_and_res_clip():
     assert torch.all(res == 1.0)
     res, _, _ = RDDM(num_steps=10).predict(Const(), x, x, 5, clip=True)
     assert torch.all(res == 1.5)
+    # 'noise' mode: the derived residual is clamped too, as the reference's pred_noise branch
+    class Noise(torch.nn.Module):  # ε that puts I_0^θ far below −1
+        def forward(self, x, level, cond):
+            return torch.full_like(x, 50.0)
+
+    m1 = RDDM(num_steps=10, mode="noise", res_clip=1.0)
+    res, _, x0 = m1.predict(Noise(), torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4), 5, clip=True)
+    assert torch.all(x0 == -1) and torch.all(res == 1.0)
     with pytest.raises(ValueError, match="level"):
         RDDM(level="t")
 

@@ -192,6 +192,8 @@ class RDDM(Method):
             if clip:
                 x0 = x0.clamp(-1, 1)
             res = cond - x0
+            if clip:  # as the reference (a no-op with the default res_clip 2 for inputs in [−1, 1])
+                res = res.clamp(-self.res_clip, self.res_clip)
         if clip and self.mode != "noise":
             x0 = x0.clamp(-1, 1)
         return res, eps, x0
