@@ -89,7 +89,7 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
         "value_range": "[-1, 1] (as irdiff)",
         "time_input": "the 0-based step index s - 1 (level: index)",
         "padding_multiple": 2 ** (len(dims) - 1),
-        "weights": "the EMA copy (the official test scripts sample with ema_model)",
+        "weights": "the EMA copy when the file has one (the official test scripts sample with ema_model)",
         "reference": "deblurring-diffusion-pytorch/README commands; deblurring_diffusion_pytorch.py all_sample",
     }
 

@@ -117,7 +117,7 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
         "value_range": "[-1, 1] (as irdiff)",
         "time_input": "t - 1 for both U-Nets" if arch["time_input"] == "index" else "[alpha_bar_t * T, beta_bar_t * T]",
         "padding_multiple": 2 ** (len(arch["dim_mults"]) - 1),
-        "weights": "the EMA copy (the official test samples with ema.ema_model)",
+        "weights": "the EMA copy when the file has one (the official test samples with ema.ema_model)",
         "reference": ("experiments/0_Partially_path-independent_generation/test.py" if generate else
                       "experiments/2_Image_Restoration_deraing_raindrop_noise1/train.py")
         + "; src/residual_denoising_diffusion_pytorch.py ddim_sample",
