@@ -4,8 +4,11 @@ official_*: the authors' architectures, for checkpoints imported with ``irdiff i
 """
 
 from irdiff.nets import (  # noqa: F401
+    official_cold,
     official_irsde,
+    official_noise_da,
     official_palette,
+    official_rddm,
     official_refusion,
     official_sr3,
     restorers,

@@ -361,7 +361,10 @@ def import_checkpoint(fmt: str, path: str | Path, out_dir: str | Path, task: str
 
 def _import_formats() -> None:
     # each module registers its formats on import (one line per paper, added as each lands)
+    import irdiff.official.cold  # noqa: F401
     import irdiff.official.irsde  # noqa: F401
+    import irdiff.official.noise_da  # noqa: F401
     import irdiff.official.palette  # noqa: F401
+    import irdiff.official.rddm  # noqa: F401
     import irdiff.official.refusion  # noqa: F401
     import irdiff.official.sr3  # noqa: F401

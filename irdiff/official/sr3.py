@@ -101,12 +101,6 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     }
 
 
-def framework_fields(**fields: Any) -> dict[str, Any]:
-    """The fields of OfficialFormat that the framework's version has (task_defaults and paper arrive with
-    irdiff import; the committed skeleton lacks them)."""
-    return {k: v for k, v in fields.items() if k in OfficialFormat.__dataclass_fields__}
-
-
 FORMAT = register_format(OfficialFormat(
     name="sr3", defaults=DEFAULTS, build=build, select=select, rename=rename_official, model_json=model_json,
-    tasks=tuple(TASK_ARCH), **framework_fields(task_defaults=TASK_ARCH, paper=PAPER)))
+    tasks=tuple(TASK_ARCH), task_defaults=TASK_ARCH, paper=PAPER))
