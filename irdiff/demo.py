@@ -118,8 +118,8 @@ def decode_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> np
     from irdiff.data.io import ImageReadError, decode_array
 
     if len(data) > max_bytes:
-        raise DemoError(f"{name}: {len(data) / 2**20:.1f} MB is over the demo's upload limit of "
-                        f"{max_bytes / 2**20:.0f} MB", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise DemoError(f"{name}: {_mb(len(data))} is over the demo's upload limit of {_mb(max_bytes)}",
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     try:
         arr = decode_array(data, name, max_pixels)
     except ImageReadError as e:
@@ -249,7 +249,7 @@ class Job:
     def public(self, position: int | None) -> dict[str, Any]:
         return {"id": self.id, "model": self.model.label, "state": self.state, "position": position,
                 "progress": round(self.progress, 4), "error": self.error, "seconds": self.seconds,
-                "size": self.size, "metrics": self.metrics, "images": sorted(self.pngs)}
+                "size": list(self.size) if self.size else None, "metrics": self.metrics, "images": sorted(self.pngs)}
 
 
 class Demo:
@@ -297,7 +297,9 @@ class Demo:
             name = _label(params.get("name"))
             if not data:
                 raise DemoError("no image: choose a file to upload or a sample")
-        image = decode_upload(data, name, self.max_upload_bytes, self.max_pixels)
+        # decoding stops at 16x the result cap (a decompression-bomb guard that x4 down-sampling can still use);
+        # the result's own size is checked next, with the message that names the cap
+        image = decode_upload(data, name, self.max_upload_bytes, 16 * self.max_pixels)
         h, w = deg.size(*image.shape[:2])
         s = model.restorer.scale
         if h * s * w * s > self.max_pixels:
@@ -394,6 +396,10 @@ def _number(params: dict[str, str], key: str, kind: type) -> Any:
     return value
 
 
+def _mb(n: int) -> str:
+    return f"{max(round(n / 2**20, 1), 0.1):g} MB"
+
+
 def _label(name: str | None) -> str:
     """The upload's file name, only ever used as a label in messages (never opened)."""
     base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
@@ -475,8 +481,8 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(length)
             if n > self.demo.max_upload_bytes:  # refused before reading it
                 self.close_connection = True
-                raise DemoError(f"{_label(params.get('name'))}: {n / 2**20:.1f} MB is over the demo's upload limit "
-                                f"of {self.demo.max_upload_bytes / 2**20:.0f} MB", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                raise DemoError(f"{_label(params.get('name'))}: {_mb(n)} is over the demo's upload limit of "
+                                f"{_mb(self.demo.max_upload_bytes)}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             data = self.rfile.read(n) if n else b""
             job = self.demo.submit(data, params)
             self._json(HTTPStatus.ACCEPTED, self.demo.status(job.id))
