@@ -26,8 +26,8 @@ def tiny_model_dir(root, method="sr3", seed=0):
     from irdiff.train import build_method, export_inference
 
     m, net = TINY_METHODS[method]
-    cfg = load_config(base={
-        "name": f"tiny-{method}", "method": dict(m), "net": dict(TINY_NETS[net]),
+    cfg = load_config(base={  # no attention: a 192-px sample would make a 9216² attention matrix
+        "name": f"tiny-{method}", "method": dict(m), "net": {**TINY_NETS[net], "attn_levels": []},
         "data": {"train": {"name": "synthetic", "gt_dir": "unused", "degradation": {"name": "awgn", "sigma": 25}}},
         "sample": {"steps": 2},
     })
