@@ -153,7 +153,17 @@ class Degradation:
         return self.blur > 0 or self.down or self.noise > 0
 
     def size(self, h: int, w: int) -> tuple[int, int]:
-        return (math.ceil(h / 4), math.ceil(w / 4)) if self.down else (h, w)
+        return (h // 4, w // 4) if self.down else (h, w)
+
+    def reference(self, clean: np.ndarray) -> np.ndarray:
+        """The clean image that scores are taken against: cropped to multiples of 4 px when down-sampling,
+        so that an x4 model's result has its size."""
+        if not self.down:
+            return clean
+        h, w = self.size(*clean.shape[:2])
+        if h == 0 or w == 0:
+            raise ValueError(f"{clean.shape[1]}x{clean.shape[0]} is too small for x4 down-sampling")
+        return clean[: 4 * h, : 4 * w]
 
     def apply(self, clean: np.ndarray, seed: int) -> np.ndarray:
         import torch
@@ -193,6 +203,7 @@ class Settings:
     steps: int | None = None
     eta: float | None = None
     seed: int = 0
+    noise_sigma: float | None = None  # IR-SDE Denoising-SDE models: the input's noise std (0-255)
 
     def check(self, model: Model) -> None:
         info = model.info()
@@ -219,6 +230,8 @@ def restore(model: Model, image: np.ndarray, settings: Settings, tile: int = DEF
     kwargs: dict[str, Any] = {}
     how = _ETA.get((restorer.cfg.method["name"], settings.sampler or restorer.cfg.sample.sampler
                     or (restorer.method.samplers[0] if restorer.method.samplers else None)))
+    if settings.noise_sigma is not None and getattr(restorer.method, "clean_mean", False):
+        kwargs["noise_sigma"] = settings.noise_sigma
     if settings.eta is not None and how == "kwarg":
         kwargs["eta"] = settings.eta
     elif settings.eta is not None and how == "attribute":  # SR3 keeps η on the method: use a copy of both
@@ -288,6 +301,8 @@ class Demo:
             raise DemoError(f"blur must be in 0..{MAX_BLUR:g} px, got {deg.blur:g}")
         if not 0 <= deg.noise <= MAX_NOISE:
             raise DemoError(f"noise must be in 0..{MAX_NOISE:g}, got {deg.noise:g}")
+        if deg.noise > 0:
+            settings.noise_sigma = deg.noise
         if params.get("sample"):
             name = params["sample"]
             if name not in self.samples:
@@ -301,6 +316,8 @@ class Demo:
         # the result's own size is checked next, with the message that names the cap
         image = decode_upload(data, name, self.max_upload_bytes, 16 * self.max_pixels)
         h, w = deg.size(*image.shape[:2])
+        if h == 0 or w == 0:
+            raise DemoError(f"{name}: {image.shape[1]}x{image.shape[0]} is too small for x4 down-sampling")
         s = model.restorer.scale
         if h * s * w * s > self.max_pixels:
             raise DemoError(f"{name}: {image.shape[1]}x{image.shape[0]} gives a {w * s}x{h * s} output, over the "
@@ -358,17 +375,18 @@ class Demo:
             t0 = time.perf_counter()
             try:
                 self._run(job)
-                job.state = "done"
+                error = None
             except Exception as e:  # one bad job must not stop the worker; the page shows the line
-                msg = " ".join(str(e).split()) or type(e).__name__
-                job.error, job.state = f"{job.name}: {msg}", "error"
-            job.seconds = round(time.perf_counter() - t0, 3)
-            job.image = None  # the PNGs are kept; the array is not needed any more
+                error = f"{job.name}: {' '.join(str(e).split()) or type(e).__name__}"
+            with self._lock:  # the page sees "done" only with everything else in place
+                job.seconds = round(time.perf_counter() - t0, 3)
+                job.error, job.state = error, "error" if error else "done"
+                job.image = None  # the PNGs are kept; the array is not needed any more
 
     def _run(self, job: Job) -> None:
         deg = job.degradation
-        clean = job.image if deg.active else None
-        given = deg.apply(job.image, job.settings.seed) if deg.active else job.image
+        clean = deg.reference(job.image) if deg.active else None
+        given = deg.apply(clean, job.settings.seed) if deg.active else job.image
 
         def progress(fraction: float) -> None:
             job.progress = fraction
@@ -433,11 +451,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+    def _json(self, status: int, obj: Any, extra: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", extra)
 
-    def _error(self, e: DemoError) -> None:
-        self._json(e.status, {"error": str(e)})
+    def _error(self, e: DemoError, close: bool = False) -> None:
+        # close: a refused upload's body may be unread, so this connection cannot carry another request
+        self._json(e.status, {"error": str(e)}, {"Connection": "close"} if close else None)
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
         url = urlsplit(self.path)
@@ -480,14 +499,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise DemoError("the upload needs a Content-Length", HTTPStatus.LENGTH_REQUIRED)
             n = int(length)
             if n > self.demo.max_upload_bytes:  # refused before reading it
-                self.close_connection = True
                 raise DemoError(f"{_label(params.get('name'))}: {_mb(n)} is over the demo's upload limit of "
                                 f"{_mb(self.demo.max_upload_bytes)}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             data = self.rfile.read(n) if n else b""
             job = self.demo.submit(data, params)
             self._json(HTTPStatus.ACCEPTED, self.demo.status(job.id))
         except DemoError as e:
-            self._error(e)
+            self._error(e, close=True)
 
 
 def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:

@@ -17,7 +17,7 @@ from irdiff import demo as demo_mod
 from irdiff.demo import Demo, DemoError, load_models, make_server
 
 
-def tiny_model_dir(root, method="sr3", seed=0):
+def tiny_model_dir(root, method="sr3", seed=0, **method_kw):
     """An exported model folder (model.safetensors + model.json) with a tiny, untrained net: loads in
     milliseconds and restores a 48x40 image in 2 steps in well under a second."""
     from test_train import TINY_METHODS, TINY_NETS
@@ -27,14 +27,14 @@ def tiny_model_dir(root, method="sr3", seed=0):
 
     m, net = TINY_METHODS[method]
     cfg = load_config(base={  # no attention: a 192-px sample would make a 9216² attention matrix
-        "name": f"tiny-{method}", "method": dict(m), "net": {**TINY_NETS[net], "attn_levels": []},
+        "name": f"tiny-{method}", "method": {**m, **method_kw}, "net": {**TINY_NETS[net], "attn_levels": []},
         "data": {"train": {"name": "synthetic", "gt_dir": "unused", "degradation": {"name": "awgn", "sigma": 25}}},
         "sample": {"steps": 2},
     })
     method_obj = build_method(cfg)
     torch.manual_seed(seed)
     model = method_obj.build_net(dict(cfg.net), cfg.img_channels)
-    out = root / f"tiny_{method}"
+    out = root / ("_".join([f"tiny_{method}", *method_kw]))
     out.mkdir(parents=True)
     export_inference(out, cfg, method_obj, model, step=0, metrics={})
     return out
@@ -56,7 +56,7 @@ def smooth_image(h=40, w=48, seed=0):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_models")
-    return load_models([str(tiny_model_dir(root, "sr3")), str(tiny_model_dir(root, "rddm")), "denoise"])
+    return load_models([str(tiny_model_dir(root, "sr3")), str(tiny_model_dir(root, "rddm")), "denoise", "sr4"])
 
 
 @pytest.fixture
@@ -96,6 +96,13 @@ def test_degrade_first_scores_against_the_clean_image(app):
     # x4 down-sampling: the denoiser's output is a quarter the size, so it is not scored
     st = app.wait(app.submit(png_bytes(img), {"model": "m2", "down": "1", "blur": "1.5"}).id)
     assert st["state"] == "done" and st["size"] == [16, 16] and st["metrics"]["output"] is None
+    # ... an x4 model's is, against the clean image cropped to whole low-resolution pixels (66x70 -> 64x68)
+    img = smooth_image(66, 70)
+    st = app.wait(app.submit(png_bytes(img), {"model": "m3", "down": "1"}).id)
+    assert st["state"] == "done" and st["size"] == [68, 64]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(app.png(st["id"], "clean")))), img[:64, :68])
+    assert Image.open(io.BytesIO(app.png(st["id"], "input"))).size == (17, 16)
+    assert st["metrics"]["input"] is None and st["metrics"]["output"]["psnr"] > 25  # a smooth ramp up-scales well
 
 
 def test_bad_requests_are_refused_with_one_line_before_any_work(app):
@@ -140,6 +147,20 @@ def test_eta_reaches_the_sampler_and_leaves_the_loaded_model_alone(app, models):
     assert sr3.method.eta == eta_before
     # the SR3 ddpm sampler takes no eta: a value is ignored rather than refused
     assert out({"model": "m0", "sampler": "ddpm", "eta": "1"}) == out({"model": "m0", "sampler": "ddpm"})
+
+
+def test_denoising_sde_starts_at_the_noise_the_demo_added(tmp_path):
+    (model,) = load_models([str(tiny_model_dir(tmp_path, "irsde", mean_target="clean", lam=50.0, noise_sigma=25.0))])
+    img = smooth_image()
+    # sigma 0: below the chain's first step, so there is nothing to remove and the input comes back as it was
+    assert np.array_equal(demo_mod.restore(model, img, demo_mod.Settings(noise_sigma=0.0)), img)
+    assert not np.array_equal(demo_mod.restore(model, img, demo_mod.Settings()), img)  # the model's sigma 25
+    d = Demo([model])
+    try:
+        job = d.submit(png_bytes(img), {"model": "m0", "noise": "30"})
+        assert job.settings.noise_sigma == 30.0 and d.wait(job.id)["state"] == "done"
+    finally:
+        d.close()
 
 
 def test_one_job_at_a_time_and_a_bounded_queue(models, monkeypatch):
@@ -214,7 +235,7 @@ def test_http_api_serves_the_page_and_runs_a_job(server):
     for asset in ("/static/demo.js", "/static/demo.css"):
         assert call(server + asset)[0] == 200
     cfg = json.loads(call(server + "/api/config")[2])
-    assert [m["id"] for m in cfg["models"]] == ["m0", "m1", "m2"] and "sample_noisy" in cfg["samples"]
+    assert [m["id"] for m in cfg["models"]] == ["m0", "m1", "m2", "m3"] and "sample_noisy" in cfg["samples"]
     assert cfg["models"][0]["diffusion"] and cfg["models"][0]["samplers"] == ["ddim", "ddpm"]
     assert not cfg["models"][2]["diffusion"]
     status, _, body = call(server + "/api/jobs?model=m0&steps=2&name=x.png", png_bytes(smooth_image()))
