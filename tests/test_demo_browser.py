@@ -73,8 +73,9 @@ def test_restore_in_the_browser(browser, demo_url, artifacts, tmp_path):
     (tmp_path / "notes.txt").write_text("not a picture\n")
 
     page = browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
-    requests = []
+    requests, console = [], []
     page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: console.append(m.text))
     page.goto(demo_url)
     page.wait_for_selector("body[data-state=ready]", state="attached")
 
@@ -134,4 +135,5 @@ def test_restore_in_the_browser(browser, demo_url, artifacts, tmp_path):
 
     outside = [u for u in requests if urlsplit(u).scheme not in ("blob", "data") and urlsplit(u).netloc != host]
     assert requests and not outside, f"requests that left {host}: {outside}"
+    assert not [m for m in console if "Content Security Policy" in m], console  # the page's own CSP holds
     page.close()
