@@ -357,13 +357,38 @@ def cmd_data(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="a web page to restore images in the browser (offline, 127.0.0.1)",
+                       description="Serve the demo page: upload an image or pick a sample, choose models and "
+                       "sampling settings, compare before/after and two models, download the result.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free port)")
+    p.add_argument("--model", action="append", metavar="NAME|DIR",
+                   help="a bundled model name, run directory or model folder; repeat for several "
+                        "(default: every bundled model)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048,
+                   help="largest result, in pixels (default 2048x2048)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in output px for large images (default 512)")
+    p.add_argument("--queue", type=int, default=8, help="jobs that may wait behind the running one (default 8)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from irdiff.demo import run
+    from irdiff.inference import pretrained_names
+
+    return run(args.model or pretrained_names(), host=args.host, port=args.port, device=args.device,
+               max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, tile=args.tile, max_queue=args.queue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from irdiff import __version__
 
     parser = argparse.ArgumentParser(prog="irdiff", description="Diffusion-based image restoration toolkit")
     parser.add_argument("--version", action="version", version=f"irdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart, _add_data, _add_import):
+    for add in (_add_train, _add_restore, _add_eval, _add_info, _add_quickstart, _add_data, _add_import, _add_demo):
         add(sub)
     from irdiff import bench
 
@@ -379,7 +404,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "restore": cmd_restore, "eval": cmd_eval, "info": cmd_info,
             "quickstart": cmd_quickstart, "bench": cmd_bench, "data": cmd_data,
-            "import": cmd_import}
+            "import": cmd_import, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,8 +222,9 @@ class Restorer:
 
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
-                generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
-                tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None,
+                generator: torch.Generator | None = None, progress: bool | Callable[[float], None] = True,
+                sampler: str | None = None, tile_batch: int | None = None, mask: Any = None,
+                color_fix: str | None = None,
                 sample_kwargs: dict[str, Any] | None = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
@@ -232,6 +233,8 @@ class Restorer:
         above; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
         tile_batch: tiles per forward pass (None: up to 512² px per pass on the CPU, where batching
         gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
+        progress: True for a tqdm bar on stderr, or a function called with the fraction done (0..1) after
+        every sampler step of every tile batch (a web page's progress bar).
         mask: the pixels to fill, for inpainting models (``needs_mask``): an HxW(xC) numpy / PIL image
         or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
         color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
@@ -319,8 +322,9 @@ class Restorer:
 
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
-             overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
-             tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none",
+             overlap: int, generator: torch.Generator | None, progress: bool | Callable[[float], None],
+             sampler: str | None, tile_batch: int | None, mask: torch.Tensor | None = None,
+             color_fix: str = "none",
              sample_kwargs: dict[str, Any] | None = None) -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
@@ -355,16 +359,19 @@ class Restorer:
         from tqdm import tqdm
 
         quick = len(boxes) == 1 and self.method.num_steps == 1  # one forward pass: no bar
-        bar = tqdm(total=len(boxes), disable=not progress or quick, desc="tiles" if len(boxes) > 1 else "restore",
-                   leave=False, unit="tile")
+        report = progress if callable(progress) else None
+        bar = tqdm(total=len(boxes), disable=report is not None or not progress or quick,
+                   desc="tiles" if len(boxes) > 1 else "restore", leave=False, unit="tile")
         acc = torch.zeros(c, 0, W)  # float32 rows [r0, r0 + filled) still receiving tiles
         r0, filled, done_tiles = 0, 0, 0
         try:
             for batch in _batches(boxes, ys, xs, tile_batch):
                 tiles = [self._read_tile(read, ys[i], xs[j], h, w) for i, j in batch]
 
-                def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch)) -> None:
+                def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch), before: int = done_tiles) -> None:
                     bar.update(k / max(n, 1))
+                    if report is not None:
+                        report(min((before + k * (i + 1) / max(n, 1)) / len(boxes), 1.0))
 
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
@@ -374,6 +381,8 @@ class Restorer:
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
                 bar.refresh()
+                if report is not None:  # also for samplers that skip their steps (IR-SDE below its first level)
+                    report(done_tiles / len(boxes))
                 filled = max([filled] + [ys[i][1] - r0 for i, _ in batch])
                 if filled > acc.shape[1]:  # grow (rarely: the buffer is reused strip after strip)
                     acc = torch.cat([acc, torch.zeros(c, filled - acc.shape[1], W)], dim=1)

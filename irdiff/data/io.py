@@ -31,6 +31,8 @@ __all__ = [
     "ImageReadError",
     "list_images",
     "read_image",
+    "read_array",
+    "decode_array",
     "write_image",
     "to_uint8",
     "to_uint16",
@@ -87,10 +89,17 @@ def read_array(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     ImageReadError messages as :func:`read_image`; None lifts our pixel limit (Pillow's own still applies).
     """
     path = Path(path)
-    data = _read_bytes(path)
+    return decode_array(_read_bytes(path), path, max_pixels)
+
+
+def decode_array(data: bytes, name: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`read_array` on bytes already in memory (an upload); `name` only labels the error messages."""
+    name = Path(name)
+    if not data:
+        raise ImageReadError(name, "empty file")
     if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
-        return _decode_png16(path, data, max_pixels)
-    return _decode_pil(path, data, max_pixels)
+        return _decode_png16(name, data, max_pixels)
+    return _decode_pil(name, data, max_pixels)
 
 
 def _read_bytes(path: Path) -> bytes:
