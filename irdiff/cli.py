@@ -150,9 +150,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile must be >= 0, got {args.tile}")
     files, errors = _expand_inputs(args.inputs)
     if not files:
-        for msg in errors:
+        for msg in errors or ["no input images"]:
             print(f"irdiff: error: {msg}", file=sys.stderr)
-        print("irdiff: error: no input images", file=sys.stderr)
         return 1
     targets = _targets(files, args.inputs, args.out)
     restorer = load(args.model, device=args.device)
