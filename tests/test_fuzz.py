@@ -189,7 +189,7 @@ def test_tiled_equals_whole_for_a_pointwise_net(profile):
            batch=st.integers(1, 5))
     def prop(arr, multiple, tile, overlap_frac, batch):
         r = restorers[multiple]
-        overlap = int(tile * overlap_frac)
+        overlap = int(max(tile // multiple * multiple, multiple) * overlap_frac)  # < half the tile used
         whole = r.restore(arr, tile=0, progress=False)
         tiled = r.restore(arr, tile=tile, overlap=overlap, tile_batch=batch, progress=False)
         assert tiled.shape == whole.shape == arr.shape and tiled.dtype == whole.dtype == arr.dtype
@@ -234,7 +234,7 @@ def test_tile_grid_covers_every_pixel_with_aligned_starts(profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_psnr_and_ssim_are_symmetric_and_infinite_only_for_equal_images(profile):
     seen = []
-    pair = st.tuples(st.integers(11, 40), st.integers(11, 40), st.sampled_from([1, 3])).flatmap(
+    pair = st.tuples(st.integers(13, 40), st.integers(13, 40), st.sampled_from([1, 3])).flatmap(
         lambda s: st.tuples(arrays(np.uint8, s), arrays(np.uint8, s)))
 
     @profile
