@@ -518,3 +518,29 @@ def test_hostile_and_bad_inputs_never_half_write_a_json(tmp_path, run):
     with pytest.raises(CheckpointError, match="model.json: invalid JSON"):
         load(victim)
     assert digest(victim) == before
+
+
+def test_resume_after_a_crash_logs_each_step_once_and_cleans_up(tmp_path, images):
+    """The kill test's findings, fast: a crash after steps were logged (and a checkpoint written) but before
+    `latest` named it leaves extra log lines, a torn line and a temporary folder; the resumed run redoes those
+    steps, logs each step once with the same losses, and replaces the orphan checkpoint."""
+    from test_train import losses, tiny_config
+
+    from irdiff.train import train
+
+    cfg = tiny_config(images, steps=6)  # checkpoints at 3 and 6
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    first = losses(run)
+    ck = run / "checkpoints"
+    (ck / "latest").write_text("step_00000003\n")  # as if killed before `latest` moved on
+    (ck / ".tmp_step_00000009_abc").mkdir()  # and an interrupted save
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # a line torn by the kill
+    train(cfg, run, progress=False)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 7))
+    assert losses(run) == first
+    assert latest_checkpoint(run).name == "step_00000006"
+    assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]
