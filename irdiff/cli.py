@@ -130,7 +130,8 @@ def _targets(files: list[Path], inputs: list[str], out_arg: str) -> list[Path]:
 
 
 def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().strip("\"'")
+    # str(KeyError) is the repr of its argument: take the argument, so that a message ending in a quote keeps it
+    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
     return " ".join(msg.split()) if msg else type(e).__name__
 
 
@@ -148,10 +149,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.tile < 0:
         raise ValueError(f"--tile must be >= 0, got {args.tile}")
     files, errors = _expand_inputs(args.inputs)
-    for msg in errors:
-        print(f"irdiff: error: {msg}", file=sys.stderr)
     if not files:
-        print("irdiff: error: no input images", file=sys.stderr)
+        for msg in errors or ["no input images"]:
+            print(f"irdiff: error: {msg}", file=sys.stderr)
         return 1
     targets = _targets(files, args.inputs, args.out)
     restorer = load(args.model, device=args.device)
@@ -175,7 +175,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     # neither the images nor their masks may be overwritten
     inputs = {f.resolve() for f in files} | {m.resolve() for m in masks.values() if isinstance(m, Path)}
     limit = args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS
-    failed = len(errors)
+    failed, total = len(errors), len(files) + len(errors)
     show = not args.no_progress
     images = tqdm(list(zip(files, targets)), disable=not show or len(files) == 1, desc="images", unit="img")
     for f, target in images:
@@ -202,9 +202,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except Exception as e:  # one bad file must not stop the batch
             failed += 1
             msg = _one_line(e)
-            tqdm.write(f"irdiff: error: {msg if str(f) in msg else f'{f}: {msg}'}", file=sys.stderr)
-    total = len(files) + len(errors)
-    if failed:
+            errors.append(msg if str(f) in msg else f"{f}: {msg}")
+    if failed:  # the bad inputs, one line each, listed after the progress output of the good ones
+        for msg in errors:
+            print(f"irdiff: error: {msg}", file=sys.stderr)
         print(f"irdiff: {failed} of {total} inputs failed; {total - failed} restored", file=sys.stderr)
         return 1
     return 0
@@ -415,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print("irdiff: interrupted", file=sys.stderr)
         return 130
     except (ValueError, KeyError, OSError, RuntimeError) as e:
-        msg = str(e).strip("\"'").splitlines()[0] if str(e) else type(e).__name__
-        print(f"irdiff: error: {msg}", file=sys.stderr)
+        print(f"irdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -68,20 +68,52 @@ def resolve_model(name_or_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
         raise CheckpointError(f"{name_or_dir}: no such run directory or bundled model (bundled: {known})")
     if not p.is_dir():
         raise CheckpointError(f"{p}: not a directory (give a run directory or a bundled model name)")
-    if (p / "model.json").is_file() and (p / "model.safetensors").is_file():
-        try:
-            meta = json.loads((p / "model.json").read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p / 'model.json'}: invalid JSON ({e.msg})") from None
-        if not isinstance(meta, dict) or "config" not in meta:
-            raise CheckpointError(f"{p / 'model.json'}: has no 'config'")
-        return p / "model.safetensors", p, meta
+    if (p / "model.json").is_file():
+        meta = _read_model_json(p)
+        weights = _inside(p, meta.get("weights", "model.safetensors"), "weights")
+        if weights.is_file():
+            return weights, p, meta
+        if latest_checkpoint(p) is None:
+            raise CheckpointError(f"{weights}: missing (named by {p / 'model.json'})")
     ckpt = latest_checkpoint(p)
     if ckpt is None:
         raise CheckpointError(f"{p}: holds neither model.safetensors + model.json nor a checkpoint")
     state = load_state(ckpt)
     return ckpt / "ema.safetensors", p, {"config": state["config"], "step": state["step"],
                                          "metrics": state.get("metrics", {}), "from_checkpoint": True}
+
+
+# model.json's top-level keys: what export_inference, scripts/export_pretrained.py and the official
+# importer write. Anything else is refused: a misspelt or foreign key would otherwise be silently ignored.
+MODEL_JSON_KEYS = ("config", "step", "metrics", "irdiff", "torch", "name", "task", "train_metrics", "provenance",
+                   "source", "weights", "official")  # official: what `irdiff import` read and chose
+
+
+def _read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / "model.json"
+    try:
+        meta = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise CheckpointError(f"{path}: invalid JSON ({why})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: has no 'config' mapping")
+    unknown = sorted(k for k in meta if k not in MODEL_JSON_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key {unknown[0]!r} (allowed: {', '.join(MODEL_JSON_KEYS)})")
+    return meta
+
+
+def _inside(folder: Path, name: Any, key: str) -> Path:
+    """A file that model.json names: a relative path that stays inside the model folder (no '..', no
+    absolute path, no symlink leading out), so a downloaded model cannot make irdiff read elsewhere."""
+    where = folder / "model.json"
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{where}: {key} must be a file name, got {name!r}")
+    target = (folder / name).resolve()
+    if Path(name).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{where}: {key} {name!r} points outside the model folder {folder}")
+    return folder / name
 
 
 def model_scale(cfg: Config, method: Method | None = None) -> int:

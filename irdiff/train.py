@@ -27,6 +27,8 @@ from irdiff.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
+    save_tensors_atomic,
+    truncate_log,
     write_text_atomic,
 )
 from irdiff.colorfix import color_fix
@@ -148,12 +150,8 @@ def validate(cfg: Config, method: Method, net: nn.Module, dataset: Any, device: 
 def export_inference(run_dir: Path, cfg: Config, method: Method, ema_model: nn.Module, step: int,
                      metrics: dict[str, float]) -> Path:
     """Write run_dir/model.safetensors + model.json: the inference net (EMA weights) and what rebuilds it."""
-    from safetensors.torch import save_file
-
     net = method.inference_net(ema_model)
-    tmp = run_dir / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / "model.safetensors")
+    save_tensors_atomic(run_dir / "model.safetensors", net.state_dict())
     meta = {"config": to_dict(cfg), "step": step, "metrics": metrics, "irdiff": irdiff.__version__,
             "torch": torch.__version__}
     write_text_atomic(run_dir / "model.json", json.dumps(meta, indent=1))
@@ -207,6 +205,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        truncate_log(run_dir / "log.jsonl", start)  # a killed run logged steps that are now redone
         if world > 1:
             print(f"distributed: {world} processes ({accel.distributed_type}), {tc.batch_size // world} per process")
 

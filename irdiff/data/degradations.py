@@ -147,7 +147,12 @@ def gaussian_blur(img: Tensor, sigma: float | Tensor, kernel_size: int | None = 
     if kernel_size is None:
         kernel_size = 2 * math.ceil(3 * float(s.max())) + 1
     s2 = s.to(x.device, x.dtype)[:, None].expand(-1, 2).contiguous()
-    return _unbatch(KF.gaussian_blur2d(x, (kernel_size, kernel_size), s2, border_type="reflect"), sq)
+    return _unbatch(KF.gaussian_blur2d(x, (kernel_size, kernel_size), s2, border_type=_border(x, kernel_size)), sq)
+
+
+def _border(x: Tensor, kernel_size: int) -> str:
+    # reflect needs the image to be wider than the kernel's half-width; smaller images repeat the edge
+    return "reflect" if min(x.shape[-2:]) > kernel_size // 2 else "replicate"
 
 
 def motion_kernel(length: int, angle: float, dtype=torch.float32) -> Tensor:
@@ -181,7 +186,7 @@ def motion_blur(img: Tensor, length: int | Sequence[int], angle: float | Sequenc
     out = []
     for i in range(b):
         k = motion_kernel(lengths[i], angles[i], x.dtype).to(x.device)
-        out.append(KF.filter2d(x[i : i + 1], k[None], border_type="reflect"))
+        out.append(KF.filter2d(x[i : i + 1], k[None], border_type=_border(x, k.shape[-1])))
     return _unbatch(torch.cat(out), sq)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -29,6 +28,7 @@ __all__ = [
     "IMAGE_EXTS",
     "DEFAULT_MAX_PIXELS",
     "ImageReadError",
+    "image_size",
     "list_images",
     "read_image",
     "read_array",
@@ -100,6 +100,35 @@ def decode_array(data: bytes, name: str | os.PathLike, max_pixels: int | None = 
     if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
         return _decode_png16(name, data, max_pixels)
     return _decode_pil(name, data, max_pixels)
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as :func:`read_image` would return it (EXIF orientation applied), from the header
+    only: a cheap check of a whole folder before work starts. Missing, empty, non-image and too large
+    files raise the same one-line ImageReadError; a truncated body is only found by decoding."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not a file")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                _check_size(path, w, h, max_pixels)
+                orientation = img.getexif().get(0x0112, 1)  # 5..8: stored transposed
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large (decompression bomb guard: {e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image (unrecognised format)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -399,18 +428,8 @@ def _encode_png16(arr: np.ndarray) -> bytes:
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; images are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # temp file + fsync + rename + folder fsync; a failure (disk full, read-only folder) leaves the target
+    # as it was and raises a one-line WriteError (an OSError) naming it
+    from irdiff.checkpoint import write_bytes_atomic
+
+    write_bytes_atomic(path, payload)
