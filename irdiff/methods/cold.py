@@ -245,8 +245,7 @@ class ColdDiffusion(Method):
         A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D.
         """
         extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"ColdDiffusion.sample got unexpected arguments: {', '.join(sorted(extra))}")
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         fn = {"improved": sample_improved, "naive": sample_naive}[self.check_sampler(sampler)]
         return fn(self, net, cond, cond, steps or self.default_steps, generator, callback)
 
