@@ -63,6 +63,11 @@ class Method:
     #: the sampling options this method takes by name (see SampleOptions); none by default
     Options: type[SampleOptions] = SampleOptions
 
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Fill in or check, in place, the method keys that the config's ``data`` section already states,
+        so that a value is written once (called by config validation). Default: nothing is linked."""
+
     # --- network plumbing ---------------------------------------------------------------------
     def net_in_channels(self, img_channels: int) -> int:
         """Channels of ``cat([x, cond])`` as the net sees them."""

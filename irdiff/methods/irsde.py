@@ -171,6 +171,27 @@ class IRSDE(Method):
         """The Denoising-SDE variant (μ = x0)."""
         return self.mean_target == "clean"
 
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Denoising-SDE: the noise level is written once, in the data's AWGN degradation. ``noise_sigma``
+        (where sampling starts) defaults to the training degradation's fixed sigma; given as well, it must
+        agree with it and with the validation degradation's: a model trained and validated at one sigma
+        that starts sampling at another is a mistake, not a choice (restore's noise_sigma= is the place for
+        another level). Blind training (a sigma range) states no single level: noise_sigma stays as given."""
+        if method.get("mean_target") != "clean":
+            return
+        for key in ("train", "val"):
+            spec = getattr(data, key, None)
+            deg = (getattr(spec, "degradation", None) or {}) if spec is not None else {}
+            sigma = deg.get("sigma")
+            if deg.get("name") != "awgn" or not isinstance(sigma, int | float):
+                continue
+            if "noise_sigma" not in method:
+                method["noise_sigma"] = float(sigma)
+            elif float(method["noise_sigma"]) != float(sigma):
+                raise ValueError(f"noise_sigma {method['noise_sigma']:g} disagrees with data.{key}.degradation.sigma "
+                                 f"{sigma:g}; write the noise level once, in the data's degradation")
+
     def sample_options(self, sampler: str | None = None, **given: Any) -> SampleOptions:
         opts = super().sample_options(sampler, **given)
         lam = self.lam * 255.0 / 2.0
