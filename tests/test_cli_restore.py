@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def test_one_file_to_a_file_matches_the_api(run, tmp_path, capsys):
     assert (tmp_path / "dir" / "a.png").is_file()  # OUT without an extension is a directory
 
 
-def test_files_folders_globs_to_a_directory_with_tiles_and_progress(run, images, tmp_path, capsys):
+def test_files_folders_globs_to_a_directory_with_tiles_and_progress(run, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars are for terminals only
     extra = tmp_path / "extra"
     extra.mkdir()
     Image.fromarray(rgb(seed=2)).save(extra / "x.jpg")
