@@ -438,6 +438,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     card = where / "card.md"
     if card.is_file():
         print(card.read_text(), end="" if card.read_text().endswith("\n") else "\n")
+        _print_restore_options(args.model)
         return 0
     cfg = meta["config"]
     train = cfg.get("data", {}).get("train", {})
@@ -453,7 +454,14 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"  scale: {model_scale(config, build_method(config))}")
     for k, v in _flat_metrics(meta.get("metrics") or {}):
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    _print_restore_options(args.model)
     return 0
+
+
+def _print_restore_options(model: str) -> None:
+    from irdiff.inference import load_method
+
+    print(f"irdiff restore: {_model_options(load_method(model)[0])}")
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
@@ -491,6 +499,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from irdiff import bench
 
+    args.no_progress = not _show_progress(args)
     return bench.run(args)
 
 
