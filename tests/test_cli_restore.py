@@ -197,7 +197,7 @@ def test_info_prints_summary_card_and_list(run, tmp_path, capsys):
         (tmp_path / "m" / f).write_bytes((run / f).read_bytes())
     (tmp_path / "m" / "card.md").write_text("# my card\n")
     assert main(["info", str(tmp_path / "m")]) == 0
-    assert capsys.readouterr().out == "# my card\n"
+    assert capsys.readouterr().out == "# my card\nirdiff restore: it takes no sampling option (a one-pass model)\n"
     assert main(["info"]) == 0
     assert capsys.readouterr().out.startswith("bundled models:")
     assert main(["info", str(tmp_path / "nope")]) == 2
