@@ -387,8 +387,8 @@ def _same(a: Path, b: Path) -> bool:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="PSNR/SSIM of restored images against ground truth (BasicSR conventions)")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--gt", required=True)
+    p.add_argument("--pred", required=True, help="folder of restored images (or one image file)")
+    p.add_argument("--gt", required=True, help="folder of ground-truth images with the same names (or one file)")
     p.add_argument("--json", help="write per-image and mean scores here")
     p.add_argument("--crop-border", type=_int_at_least(0), default=0)
     p.add_argument("--y-channel", action="store_true")
