@@ -313,7 +313,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device", "cuda: no CUDA device is available")
-    method, cfg, _, _ = load_method(args.model)
+    from irdiff.checkpoint import CheckpointError
+
+    try:
+        method, cfg, _, _ = load_method(args.model)
+    except CheckpointError as e:
+        raise UsageError("--model", str(e)) from None
     _check_model_arguments(args, method, cfg)
     # 3. the work
     _set_threads(args)
