@@ -263,10 +263,11 @@ def _targets(files: list[Path], inputs: list[str], out_arg: str) -> list[Path]:
               and not (_is_glob(inputs[0]) and not Path(inputs[0]).exists()))
     if single and not out.is_dir() and not out_arg.endswith(("/", "\\")) and out.suffix:
         if out.suffix.lower() not in IMAGE_EXTS:
-            raise ValueError(f"{out}: output file needs an image extension ({', '.join(IMAGE_EXTS)})")
+            raise UsageError("-o/--out", f"{out}: output file needs an image extension ({', '.join(IMAGE_EXTS)})")
         return [out]
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory (several inputs need an output directory)")
+        raise UsageError("-o/--out", f"{out}: exists and is not a directory (several inputs need an output "
+                         "directory)")
     used: set[str] = set()
     targets = []
     for f in files:

@@ -175,9 +175,10 @@ def test_usage_errors_exit_2_with_one_line(run, tmp_path, capsys):
     Image.fromarray(rgb()).save(src)
     assert main(["restore", str(src), "-o", str(tmp_path / "out.txt"), "--model", str(run)]) == 2
     assert main(["restore", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("irdiff: error:") for line in err)
-    assert "nope" in err[1]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 2 and all(line.startswith("irdiff restore: error: argument ") for line in errors)
+    assert "-o/--out" in errors[0] and "image extension" in errors[0]
+    assert "--model" in errors[1] and "nope" in errors[1]
 
 
 def test_sr_model_restores_at_4x(sr_run, tmp_path):
