@@ -276,3 +276,19 @@ def test_sr3_eta_option_changes_the_ddim_sample_as_the_model_default_would():
     assert torch.equal(run(deterministic, eta=1.0), run(noisy))  # the option = the model's eta set to it
     assert torch.equal(run(noisy, eta=0.0), run(deterministic))
     assert not torch.equal(run(deterministic), run(noisy))
+
+
+def test_denoising_sde_sigma_is_written_once_in_the_data_section():
+    from irdiff.config import ConfigError, load_config
+
+    path = REPO / "configs" / "irsde_denoise_s25.yaml"
+    assert "noise_sigma" not in path.read_text().split("data:")[0].split("method:")[1]  # not in the method
+    assert load_config(path).method["noise_sigma"] == 25.0  # taken from data.train.degradation
+    both = ["data.train.degradation.sigma=15", "data.val.degradation.sigma=15"]
+    assert load_config(path, both).method["noise_sigma"] == 15.0  # one change moves the start step too
+    with pytest.raises(ConfigError, match="noise_sigma 15 disagrees with data.train.degradation.sigma 25"):
+        load_config(path, ["method.noise_sigma=15"])
+    with pytest.raises(ConfigError, match="data.val.degradation.sigma 25"):
+        load_config(path, ["data.train.degradation.sigma=15"])  # validated at another level than trained
+    blind = ["data.train.degradation.sigma=[0, 50]", "data.val.degradation.sigma=[0, 50]", "method.noise_sigma=30"]
+    assert load_config(path, blind).method["noise_sigma"] == 30  # a range states no single level: kept as given
