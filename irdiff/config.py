@@ -255,6 +255,11 @@ def validate(cfg: Config) -> None:
             check_kwargs(reg.get(sec["name"]), {k: v for k, v in sec.items() if k != "name"}, section)
         except KeyError as e:
             raise ConfigError(str(e).strip("\"'")) from None
+        if section == "method":  # values the data section states are written once (Method.link_config)
+            try:
+                reg.get(sec["name"]).link_config(sec, cfg.data)
+            except ValueError as e:
+                raise ConfigError(f"method: {e}") from None
     t = cfg.train
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     from irdiff.colorfix import COLOR_FIXES

@@ -21,7 +21,7 @@ progress, metrics; ``GET /api/jobs/ID/{input,output,clean}.png`` (``?download=1`
 from __future__ import annotations
 
 import collections
-import copy
+import dataclasses
 import io
 import itertools
 import json
@@ -54,8 +54,14 @@ KEEP_JOBS = 32  # finished jobs whose images stay in memory for the page
 MAX_BLUR = 10.0
 MAX_NOISE = 100.0
 
-# (method, sampler) pairs that take η, and how, until Restorer.restore takes it by name
-_ETA = {("sr3", "ddim"): "attribute", ("rddm", "ddim"): "kwarg", ("irsde", "posterior"): "kwarg"}
+
+
+def _takes(method: Any, option: str, sampler: str | None) -> bool:
+    """Whether the method declares the sampling option (method.Options) for this sampler."""
+    for f in dataclasses.fields(method.Options):
+        if f.name == option:
+            return not f.metadata["samplers"] or sampler in f.metadata["samplers"]
+    return False
 
 
 class DemoError(ValueError):
@@ -86,7 +92,7 @@ class Model:
         return {"id": self.id, "label": self.label, "method": method, "scale": r.scale, "channels": r.channels,
                 "diffusion": diffusion, "samplers": samplers, "sampler": default_sampler,
                 "steps": int(steps), "max_steps": int(r.method.num_steps),
-                "eta_samplers": [s for s in samplers if (method, s) in _ETA],
+                "eta_samplers": [s for s in samplers if _takes(r.method, "eta", s)],
                 "eta": float(getattr(r.method, "eta", 0.0))}
 
 
@@ -215,7 +221,7 @@ class Settings:
         if self.steps is not None and not 1 <= self.steps <= info["max_steps"]:
             raise DemoError(f"steps must be in 1..{info['max_steps']} for {model.label}, got {self.steps}")
         if self.eta is not None:
-            if (info["method"], self.sampler or info["sampler"]) not in _ETA:
+            if (self.sampler or info["sampler"]) not in info["eta_samplers"]:
                 self.eta = None  # the page greys η out for these; an API caller's value is ignored
             elif not 0 <= self.eta <= 1:
                 raise DemoError(f"eta must be in 0..1, got {self.eta}")
@@ -227,20 +233,16 @@ def restore(model: Model, image: np.ndarray, settings: Settings, tile: int = DEF
     import torch
 
     restorer = model.restorer
-    kwargs: dict[str, Any] = {}
-    how = _ETA.get((restorer.cfg.method["name"], settings.sampler or restorer.cfg.sample.sampler
-                    or (restorer.method.samplers[0] if restorer.method.samplers else None)))
-    if settings.noise_sigma is not None and getattr(restorer.method, "clean_mean", False):
-        kwargs["noise_sigma"] = settings.noise_sigma
-    if settings.eta is not None and how == "kwarg":
-        kwargs["eta"] = settings.eta
-    elif settings.eta is not None and how == "attribute":  # SR3 keeps η on the method: use a copy of both
-        restorer = copy.copy(restorer)
-        restorer.method = copy.copy(restorer.method)
-        restorer.method.eta = settings.eta
+    sampler = settings.sampler or restorer.cfg.sample.sampler or (
+        restorer.method.samplers[0] if restorer.method.samplers else None)
+    # only the options this model declares for this sampler (the page offers no others)
+    options = {name: value for name, value in (("eta", settings.eta), ("noise_sigma", settings.noise_sigma))
+               if value is not None and _takes(restorer.method, name, sampler)}
+    if options.get("noise_sigma", 1) <= 0:  # a clean input to a Denoising-SDE model: nothing to remove
+        return image.copy()
     generator = torch.Generator(device=restorer.device).manual_seed(settings.seed)
     return restorer.restore(image, steps=settings.steps, sampler=settings.sampler, tile=tile, generator=generator,
-                            progress=progress, sample_kwargs=kwargs)
+                            progress=progress, **options)
 
 
 @dataclass

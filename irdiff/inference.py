@@ -23,6 +23,7 @@ output differs slightly from the whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from irdiff.checkpoint import CheckpointError, latest_checkpoint, load_state, lo
 from irdiff.colorfix import COLOR_FIXES
 from irdiff.colorfix import color_fix as _color_fix
 from irdiff.config import Config, from_dict
-from irdiff.methods.base import Method
+from irdiff.methods.base import Method, OptionError, SampleOptions
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # LR pixels read beyond an SR tile so that per-tile bicubic upsampling equals the whole-image one
@@ -49,7 +50,8 @@ _WRITE_ROWS = 64
 _AUTO_WHOLE_PX = 1024 * 1024
 _AUTO_TILE = 512
 
-__all__ = ["PRETRAINED_DIR", "Restorer", "as_mask", "load", "pretrained_names", "resolve_model", "tile_grid"]
+__all__ = ["PRETRAINED_DIR", "Restorer", "as_mask", "check_sampling", "check_tiling", "load", "load_method",
+           "pretrained_names", "resolve_model", "tile_grid"]
 
 
 def pretrained_names() -> list[str]:
@@ -128,6 +130,28 @@ def model_scale(cfg: Config, method: Method | None = None) -> int:
     if deg.get("name") == "bicubic_down":
         return int(deg.get("scale", 4))
     return 1
+
+
+def check_sampling(method: Method, steps: Any, sampler: str | None, **options: Any) -> SampleOptions:
+    """The sampling settings checked against the model before any work: the sampler is one of
+    ``method.samplers``, each option (None = not given) one of ``method.Options`` that applies to that
+    sampler, steps in 1..``method.max_steps(options)``. Raises OptionError naming the setting."""
+    if sampler is not None and sampler not in method.samplers:
+        raise OptionError("sampler", f"unknown sampler {sampler!r} for this model (its samplers: "
+                          f"{', '.join(method.samplers)})")
+    opts = method.sample_options(sampler, **options)
+    method.check_steps(steps, opts)
+    return opts
+
+
+def check_tiling(tile: int | None, overlap: int, tile_batch: int | None) -> None:
+    """Tiling settings in the user's terms (the net's multiple is applied later, never failing)."""
+    if overlap < 0:
+        raise OptionError("overlap", f"must be >= 0, got {overlap}")
+    if tile is not None and tile != 0 and tile <= 2 * overlap:
+        raise OptionError("tile", f"must be 0 (whole image) or > 2 x overlap = {2 * overlap}, got {tile}")
+    if tile_batch is not None and tile_batch < 1:
+        raise OptionError("tile_batch", f"must be >= 1, got {tile_batch}")
 
 
 # ---------------------------------------------------------------------------------------- tiling
@@ -255,14 +279,15 @@ class Restorer:
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
                 generator: torch.Generator | None = None, progress: bool | Callable[[float], None] = True,
-                sampler: str | None = None, tile_batch: int | None = None, mask: Any = None,
-                color_fix: str | None = None,
-                sample_kwargs: dict[str, Any] | None = None) -> Any:
+                sampler: str | None = None,
+                tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None,
+                eta: float | None = None, noise_sigma: float | None = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
-        steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
+        steps/sampler: the method's sampling settings (default: the run's); steps must lie in
+        1..``method.max_steps()`` (never clamped) and one-pass models take none. tile: tile size in output
         px, rounded down to the net's multiple (None: whole image up to 1024² output px, 512-px tiles
-        above; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
+        above, the CLI's default too; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
         tile_batch: tiles per forward pass (None: up to 512² px per pass on the CPU, where batching
         gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
         progress: True for a tqdm bar on stderr, or a function called with the fraction done (0..1) after
@@ -271,9 +296,13 @@ class Restorer:
         or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
         color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
         run's ``sample.color_fix``; see ``irdiff.colorfix``). Not with a mask: it would alter known pixels.
-        sample_kwargs: extra arguments of the method's ``sample`` (e.g. ``eta``, or ``noise_sigma`` for
-        IR-SDE's Denoising-SDE variant).
+        eta, noise_sigma: the method's sampling options (``method.Options``: SR3, RDDM and IR-SDE's
+        posterior sampler take ``eta``; IR-SDE's Denoising-SDE variant ``noise_sigma``, the input's noise std
+        on the 0-255 scale); None: the model's value; one the model cannot use is an OptionError naming it.
         """
+        options = check_sampling(self.method, steps, sampler or self.cfg.sample.sampler, eta=eta,
+                                 noise_sigma=noise_sigma)
+        check_tiling(tile, overlap, tile_batch)
         if self.method.needs_mask and mask is None:
             raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
         if mask is not None and not self.method.needs_mask:
@@ -285,7 +314,7 @@ class Restorer:
             raise ValueError(f"unknown color_fix {kw['color_fix']!r}; known: {', '.join(COLOR_FIXES)}")
         if mask is not None and kw["color_fix"] != "none":
             raise ValueError("color_fix cannot be combined with a mask (it would change the known pixels)")
-        kw["sample_kwargs"] = dict(sample_kwargs or {})
+        kw["options"] = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
         if torch.is_tensor(image):
             return self._restore_torch(image, **kw)
         try:
@@ -355,9 +384,9 @@ class Restorer:
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
              overlap: int, generator: torch.Generator | None, progress: bool | Callable[[float], None],
-             sampler: str | None, tile_batch: int | None, mask: torch.Tensor | None = None,
-             color_fix: str = "none",
-             sample_kwargs: dict[str, Any] | None = None) -> None:
+             sampler: str | None,
+             tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none",
+             options: dict[str, Any] | None = None) -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
@@ -374,7 +403,8 @@ class Restorer:
             if tile < 1:
                 raise ValueError(f"tile must be positive, got {tile}")
             m = self.multiple
-            tile = max(tile // m * m, -(-(overlap + m) // m) * m)  # aligned starts need tile - overlap >= m
+            # aligned starts need tile - overlap >= m; the blend needs overlap < tile / 2
+            tile = max(tile // m * m, -(-(overlap + m) // m) * m, (2 * overlap // m + 1) * m)
             if not 0 <= overlap < tile / 2:
                 raise ValueError(f"overlap {overlap} must be in [0, tile/2) for tile {tile}")
         ys, xs = _axis_tiles(H, tile, overlap, self.multiple), _axis_tiles(W, tile, overlap, self.multiple)
@@ -408,7 +438,7 @@ class Restorer:
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
                 outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes,
-                                   color_fix, sample_kwargs)
+                                   color_fix, options)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
@@ -451,7 +481,7 @@ class Restorer:
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
                generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None,
-               color_fix: str = "none", sample_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+               color_fix: str = "none", options: dict[str, Any] | None = None) -> torch.Tensor:
         """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
@@ -464,7 +494,7 @@ class Restorer:
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
         inp = inp.to(self.device) * 2 - 1
-        extra = dict(sample_kwargs or {})
+        extra = dict(options or {})
         if mask is not None:
             extra["mask"] = mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
@@ -536,16 +566,22 @@ def _batches(boxes: list[tuple[int, int]], ys: list, xs: list, size: int) -> Ite
         yield batch
 
 
+def load_method(name_or_dir: str | Path) -> tuple[Method, Config, dict[str, Any], Path]:
+    """(method, config, metadata, weights file) of a model, from its JSON alone: enough to check
+    sampling settings before the weights or any image are read."""
+    from irdiff.train import build_method
+
+    weights, _, meta = resolve_model(name_or_dir)
+    cfg = from_dict(Config, meta["config"])
+    return build_method(cfg), cfg, meta, weights
+
+
 def load(name_or_dir: str | Path, device: str = "cpu") -> Restorer:
     """Load a bundled model by name (``denoise``, ``sr4``), a training run directory or an export.
 
     Reads only JSON and safetensors. fp16 weights are cast to the net's float32 parameters.
     """
-    from irdiff.train import build_method
-
-    weights, _, meta = resolve_model(name_or_dir)
-    cfg = from_dict(Config, meta["config"])
-    method = build_method(cfg)
+    method, cfg, meta, weights = load_method(name_or_dir)
     # parameter init is overwritten by the weights: fork the global RNG so loading never moves it
     with torch.random.fork_rng(devices=[]):
         model = method.build_net(dict(cfg.net), cfg.img_channels)

@@ -303,7 +303,7 @@ def test_import_sr_and_denoise_settings(tmp_path):
     dn = import_checkpoint("irsde_denoise", path, tmp_path / "dn", sets=SMALL_SETS)
     r = irdiff.load(dn)
     assert r.method.clean_mean and r.cfg.sample.sampler == "ode"
-    out = r.restore(io["noisy"][0], tile=0, progress=False, sample_kwargs={"noise_sigma": meta["noise_sigma"]})
+    out = r.restore(io["noisy"][0], tile=0, progress=False, noise_sigma=meta["noise_sigma"])
     assert maxdiff(out, io["ode_sampling"][0].clamp(0, 1)) <= 1e-5
 
 

@@ -269,8 +269,7 @@ class ColdDiffusion(Method):
         extra.pop("mask", None)
         if self.degradation == "blur" and self.blur_discrete:
             cond = cond.mean(dim=(2, 3), keepdim=True).expand_as(cond)
-        if extra:
-            raise TypeError(f"ColdDiffusion.sample got unexpected arguments: {', '.join(sorted(extra))}")
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         fn = {"improved": sample_improved, "naive": sample_naive}[self.check_sampler(sampler)]
         return fn(self, net, cond, cond, steps or self.default_steps, generator, callback)
 

@@ -34,6 +34,7 @@ were trained (the clean variant: net(x_t, t)). ε needs no rescaling: x_t and �
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,11 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    OptionError,
+    SampleOptions,
     Steps,
     gather,
+    option,
     per_sample_mean,
     randint,
     randn_like,
@@ -69,6 +73,18 @@ def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray
     raise ValueError(f"unknown theta schedule {name!r}; known: cosine, linear, constant")
 
 
+@dataclass(frozen=True)
+class IRSDEOptions(SampleOptions):
+    eta: float | None = option("std scale of the posterior sampler: 1 the true posterior, 0 deterministic "
+                               "(default: the model's eta)", samplers=("posterior",), low=0)
+
+
+@dataclass(frozen=True)
+class DenoisingSDEOptions(IRSDEOptions):
+    noise_sigma: float | None = option("the input's noise std (0-255), where sampling starts "
+                                       "(default: the model's noise_sigma)", low=0, low_open=True)
+
+
 @METHODS.register("irsde")
 class IRSDE(Method):
     """Mean-reverting SDE restoration. See the module docstring for conventions.
@@ -89,6 +105,7 @@ class IRSDE(Method):
 
     noise_level_dim = 1
     samplers = ("posterior", "sde", "ode")
+    Options: type[SampleOptions] = IRSDEOptions  # DenoisingSDEOptions for mean_target clean (set per instance)
     # The posterior sampler is exact in its jumps (no discretisation error), so 20 steps suffice
     # where Euler–Maruyama ("sde", the paper's default) wants all T = 100.
     default_steps = 20
@@ -119,6 +136,7 @@ class IRSDE(Method):
         self.net_input = net_input
         self.lr_upsample = lr_upsample
         self.noise_sigma = float(noise_sigma)
+        self.Options = DenoisingSDEOptions if mean_target == "clean" else IRSDEOptions
         self.num_steps = int(num_steps)
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
         self.eps = float(eps)
@@ -167,6 +185,42 @@ class IRSDE(Method):
     def clean_mean(self) -> bool:
         """The Denoising-SDE variant (μ = x0)."""
         return self.mean_target == "clean"
+
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Denoising-SDE: the noise level is written once, in the data's AWGN degradation. ``noise_sigma``
+        (where sampling starts) defaults to the training degradation's fixed sigma; given as well, it must
+        agree with it and with the validation degradation's: a model trained and validated at one sigma
+        that starts sampling at another is a mistake, not a choice (restore's noise_sigma= is the place for
+        another level). Blind training (a sigma range) states no single level: noise_sigma stays as given."""
+        if method.get("mean_target") != "clean":
+            return
+        for key in ("train", "val"):
+            spec = getattr(data, key, None)
+            deg = (getattr(spec, "degradation", None) or {}) if spec is not None else {}
+            sigma = deg.get("sigma")
+            if deg.get("name") != "awgn" or not isinstance(sigma, int | float):
+                continue
+            if "noise_sigma" not in method:
+                method["noise_sigma"] = float(sigma)
+            elif float(method["noise_sigma"]) != float(sigma):
+                raise ValueError(f"noise_sigma {method['noise_sigma']:g} disagrees with data.{key}.degradation.sigma "
+                                 f"{sigma:g}; write the noise level once, in the data's degradation")
+
+    def sample_options(self, sampler: str | None = None, **given: Any) -> SampleOptions:
+        opts = super().sample_options(sampler, **given)
+        lam = self.lam * 255.0 / 2.0
+        sigma = getattr(opts, "noise_sigma", None)
+        if sigma is not None and sigma >= lam:
+            raise OptionError("noise_sigma", f"must be in (0, {lam:g}) for this model (its lam), got {sigma:g}")
+        return opts
+
+    def max_steps(self, options: SampleOptions | None = None) -> int | None:
+        """T; Denoising-SDE: t*, the step where the input's noise level sits (sampling walks t* -> 0)."""
+        if not self.clean_mean:
+            return self.num_steps
+        sigma = getattr(options, "noise_sigma", None)
+        return max(self.start_step(self.noise_sigma if sigma is None else sigma), 1)
 
     def start_step(self, sigma: float) -> int:
         """Denoising-SDE: the step whose marginal std √v_t is closest to ``sigma`` (0–255 scale)."""
@@ -258,14 +312,18 @@ class IRSDE(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: Steps | None = None,
                sampler: str | None = None, generator: torch.Generator | None = None,
                callback: Callback = None, **extra: Any) -> torch.Tensor:
-        """Restore ``cond`` (the degraded image, [-1, 1]); extra: ``eta`` for the posterior sampler,
-        ``clamp`` (default True) to clamp the final output to [-1, 1]."""
+        """Restore ``cond`` (the degraded image, [-1, 1]); extra: the options of ``self.Options`` (``eta`` for
+        the posterior sampler; ``noise_sigma`` for Denoising-SDE), ``clamp`` (default True) to clamp the
+        final output to [-1, 1]."""
         name = self.check_sampler(sampler)
         clamp = extra.pop("clamp", True)
+        opts = self.sample_options(name, **extra)
+        extra = {"eta": opts.eta} if name == "posterior" else {}
         steps = steps or self.default_steps
         if self.clean_mean:
             # Denoising-SDE: walk from t* (where the chain's std equals the input's noise) down to 0
-            t_star = self.start_step(extra.pop("noise_sigma", self.noise_sigma))
+            sigma = opts.noise_sigma
+            t_star = self.start_step(self.noise_sigma if sigma is None else sigma)
             if t_star == 0:  # below the chain's first step: nothing to remove
                 return cond.clamp(-1, 1) if clamp else cond
             if isinstance(steps, int | np.integer):

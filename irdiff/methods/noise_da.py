@@ -224,7 +224,8 @@ class NoiseDA(Method):
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
-        self.check_sampler(sampler)
+        extra.pop("mask", None)  # not an inpainting model: a mask in the batch is ignored
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         restorer = self.inference_net(getattr(net, "module", net))
         out = (cond + self.residual(restorer, cond)).clamp(-1, 1)
         if callback is not None:

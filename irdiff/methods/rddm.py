@@ -36,6 +36,7 @@ Variants (``mode``): "res_noise" (SM-Res-N, one net with 2C outputs: residual fi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,10 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    SampleOptions,
     Steps,
     gather,
+    option,
     per_sample_mean,
     randint,
     randn_like,
@@ -74,6 +77,12 @@ def coefficients(T: int, schedule: str) -> np.ndarray:
     return np.concatenate([[0.0], w / w.sum()])
 
 
+@dataclass(frozen=True)
+class RDDMOptions(SampleOptions):
+    eta: float | None = option("DDIM stochasticity: 0 deterministic, 1 ancestral (default: the model's eta)",
+                               low=0)
+
+
 @METHODS.register("rddm")
 class RDDM(Method):
     """Residual denoising diffusion. See the module docstring for conventions.
@@ -88,6 +97,7 @@ class RDDM(Method):
 
     noise_level_dim = 2
     samplers = ("ddim", "two_stage")
+    Options = RDDMOptions
     default_steps = 10
 
     def __init__(self, num_steps: int = 1000, mode: str = "res_noise", alpha_schedule: str = "decreased",
@@ -233,10 +243,12 @@ class RDDM(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: Steps | None = None,
                sampler: str | None = None, generator: torch.Generator | None = None,
                callback: Callback = None, **extra: Any) -> torch.Tensor:
-        """Restore ``cond`` (I_in, [-1, 1]). extra: ``eta``; ``alpha_schedule`` / ``beta_schedule`` to
-        sample with other schedule shapes than training (the net sees (ᾱ_t, β̄_t/β̄_T), so it can)."""
+        """Restore ``cond`` (I_in, [-1, 1]). extra: the options of RDDMOptions (``eta``); ``alpha_schedule`` /
+        ``beta_schedule`` to sample with other schedule shapes than training (the net sees (ᾱ_t, β̄_t/β̄_T),
+        so it can; a research knob, not a user option)."""
         name = self.check_sampler(sampler)
         alpha_schedule, beta_schedule = extra.pop("alpha_schedule", None), extra.pop("beta_schedule", None)
+        extra = {"eta": self.sample_options(name, **extra).eta}
         method = self
         if alpha_schedule or beta_schedule:
             method = self.with_schedules(alpha_schedule, beta_schedule)

@@ -23,6 +23,7 @@ subset, posterior variance β̃). Both clamp the predicted y0 to [−1, 1] when 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,22 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    SampleOptions,
     cosine_alpha_bar,
     linear_betas,
+    option,
     rand,
     randint,
     randn_like,
     step_indices,
 )
 from irdiff.registry import METHODS
+
+
+@dataclass(frozen=True)
+class SR3Options(SampleOptions):
+    eta: float | None = option("DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: the model's eta)",
+                               samplers=("ddim",), low=0)
 
 
 @METHODS.register("sr3")
@@ -70,6 +79,7 @@ class SR3(Method):
 
     samplers = ("ddim", "ddpm")
     default_steps = 50
+    Options = SR3Options
 
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
                  beta_end: float = 1e-2, loss_type: int = 1, inpainting: bool = False, clip_x0: bool = True,
@@ -175,18 +185,18 @@ class SR3(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any
                ) -> torch.Tensor:
-        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode."""
+        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode; options: SR3Options."""
         mask = extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"SR3.sample got unexpected arguments: {', '.join(sorted(extra))}")
         name = self.check_sampler(sampler)
+        opts = self.sample_options(name, **extra)
         net_cond = self.net_cond(cond, mask, generator)
         if self.init_from_cond:  # the condition image, its hole noise included (Palette's test-time start)
             x_T = net_cond[:, : cond.shape[1]]
         else:
             x_T = self.paste_known(randn_like(cond, generator), net_cond)
-        fn = {"ddim": sample_ddim, "ddpm": sample_ddpm}[name]
-        return fn(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
+        if name == "ddim":
+            return sample_ddim(self, net, x_T, net_cond, steps or self.default_steps, generator, callback, opts.eta)
+        return sample_ddpm(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
 
     # --- helpers --------------------------------------------------------------------------------
     def net_level(self, gamma: torch.Tensor | float) -> torch.Tensor:
@@ -217,8 +227,9 @@ class SR3(Method):
 
 
 def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
-                generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
-    """DDIM on a subset of the training levels; η = ``method.eta`` (0: deterministic)."""
+                generator: torch.Generator | None, callback: Callback, eta: float | None = None) -> torch.Tensor:
+    """DDIM on a subset of the training levels; η (default ``method.eta``; 0: deterministic)."""
+    eta = method.eta if eta is None else float(eta)
     ab = method.alpha_bar
     idx = step_indices(method.num_steps, steps)
     x = x_T
@@ -229,7 +240,7 @@ def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
         if s == 0:
             x = x0
         else:
-            sigma = method.eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
+            sigma = eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
             x = math.sqrt(g_s) * x0 + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * randn_like(x, generator)
