@@ -13,7 +13,7 @@ A benchmark is a YAML file::
       - {name: irsde-ode, run: runs/irsde, sampler: ode, steps: [10, 100]}
     datasets:
       - name: CBSD68-s25
-        data: {name: synthetic, gt_dir: ../shared/data/CBSD68, max_images: 8, patch_size: null,
+        data: {name: synthetic, gt_dir: "${IRDIFF_DATA}/CBSD68", max_images: 8, patch_size: null,
                degradation: {name: awgn, sigma: 25}}
         center_crop: 128        # optional: centre crop (gt and lq) after degrading
         crop_border: 0          # metrics (BasicSR conventions)
@@ -382,12 +382,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="benchmark YAML (see irdiff.bench)")
-    p.add_argument("--out", help="output folder (default: the config's `out`)")
-    p.add_argument("--only", help="comma-separated method names to run (others skipped)")
-    p.add_argument("--steps", help="comma-separated step counts, overriding the config's")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="combine these result folders into --out; no run")
-    p.add_argument("--no-progress", action="store_true")
+    from irdiff.cli import bench_arguments  # declared in the CLI, which must build its parser without torch
+
+    bench_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -404,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench_config(args.config)
     if args.no_progress:
         cfg.progress = False
+    if getattr(args, "threads", None):
+        cfg.threads = args.threads
     if args.steps:
         cfg.steps = [int(s) for s in args.steps.split(",")]
     only = [s.strip() for s in args.only.split(",")] if args.only else None

@@ -3,7 +3,8 @@
 A config file is YAML whose keys mirror the dataclasses below. Sections that select a registered
 class by name (``method``, ``net``, ``degradation``) are free-form mappings with a ``name`` key; their
 other keys are checked against that class's constructor, so a misspelt key is an error naming it.
-Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots).
+Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots); an unset
+``${IRDIFF_DATA}`` is the data root of ``irdiff data fetch`` (``~/.cache/irdiff/data``).
 """
 
 from __future__ import annotations
@@ -177,8 +178,17 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
+def _env_default(name: str) -> str:
+    if name == "IRDIFF_DATA":  # unset: the folder `irdiff data fetch` downloads to
+        from irdiff.data.catalog import data_root
+
+        return str(data_root())
+    return ""
+
+
 def _expand_env(s: str) -> str:
-    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None else ""), s)
+    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None
+                                             else _env_default(m.group(1))), s)
 
 
 # ---- loading, overrides, validation -------------------------------------------------------------
@@ -248,6 +258,11 @@ def validate(cfg: Config) -> None:
             check_kwargs(reg.get(sec["name"]), {k: v for k, v in sec.items() if k != "name"}, section)
         except KeyError as e:
             raise ConfigError(str(e).strip("\"'")) from None
+        if section == "method":  # values the data section states are written once (Method.link_config)
+            try:
+                reg.get(sec["name"]).link_config(sec, cfg.data)
+            except ValueError as e:
+                raise ConfigError(f"method: {e}") from None
     t = cfg.train
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     from irdiff.colorfix import COLOR_FIXES
@@ -268,7 +283,8 @@ def validate(cfg: Config) -> None:
         where = f"data.{key}"
         if spec.name not in DATASETS:
             raise ConfigError(f"{where}.name: unknown dataset {spec.name!r}; known: {', '.join(DATASETS.names())}")
-        need(spec.scale in (1, 2, 3, 4), f"{where}.scale", f"must be 1, 2, 3 or 4, got {spec.scale}")
+        # 8: the SR3 face models (16->128, 64->512) imported with irdiff import --format sr3
+        need(spec.scale in (1, 2, 3, 4, 8), f"{where}.scale", f"must be 1, 2, 3, 4 or 8, got {spec.scale}")
         need(0 <= spec.grey_fraction <= 1, f"{where}.grey_fraction", f"must be in [0, 1], got {spec.grey_fraction}")
         if spec.patch_size is not None:
             need(spec.patch_size >= 8 and spec.patch_size % spec.scale == 0, f"{where}.patch_size",

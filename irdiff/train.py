@@ -32,7 +32,8 @@ from irdiff.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
-    write_bytes_atomic,
+    save_tensors_atomic,
+    truncate_log,
     write_text_atomic,
 )
 from irdiff.config import Config, ConfigError, dump_yaml, from_dict, to_dict
@@ -294,6 +295,7 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
+            truncate_log(self.run_dir / "log.jsonl", start)  # a killed run logged steps that are now redone
             if self.world > 1:
                 print(f"distributed: {self.world} processes ({accel.distributed_type}), "
                       f"{tc.batch_size // self.world} per process")
@@ -363,11 +365,8 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, 
 def export_inference(run_dir: Path, cfg: Config, method: Method, ema_model: nn.Module, step: int,
                      metrics: dict[str, float]) -> Path:
     """Write run_dir/model.safetensors + model.json: the inference net (EMA weights) and what rebuilds it."""
-    from safetensors.torch import save
-
     net = method.inference_net(ema_model)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    write_bytes_atomic(run_dir / "model.safetensors", save(tensors))
+    save_tensors_atomic(run_dir / "model.safetensors", net.state_dict())
     meta = {"config": to_dict(cfg), "step": step, "metrics": metrics, "irdiff": irdiff.__version__,
             "torch": torch.__version__}
     write_text_atomic(run_dir / "model.json", json.dumps(meta, indent=1))

@@ -164,7 +164,8 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
     lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",
-              "Test images are research benchmarks (see ../shared/data READMEs); none is shipped with the model.", ""]
+              f"Test images are research benchmarks ({', '.join(metrics)}: sources, terms and checksums in "
+              "`irdiff data list`; `irdiff data fetch NAME` downloads them); none is shipped with the model.", ""]
     return "\n".join(lines)
 
 

@@ -339,5 +339,5 @@ def test_clean_variant_through_the_restorer_with_noise_sigma():
             return clean_oracle(m, (clean * 2 - 1)[None])(x, level, cond)
 
     r = Restorer(m, Oracle(), cfg, {})
-    out = r.restore(y, steps=5, progress=False, sample_kwargs={"noise_sigma": 15})
+    out = r.restore(y, steps=5, progress=False, noise_sigma=15)
     torch.testing.assert_close(out, clean, rtol=0, atol=1e-5)

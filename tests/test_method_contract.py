@@ -133,3 +133,22 @@ def test_older_config_spellings_build_the_same_method(name, old, new):
 def test_loss_type_is_checked(name):
     with pytest.raises(ValueError, match="loss_type"):
         METHODS.build(name, loss_type="l3")
+
+
+def test_rddm_two_stage_sampler_reports_both_passes_and_is_seeded():
+    """The two-stage sampler walks the steps twice (residual pass, then noise pass): progress counts 2n
+    steps, the net runs once per step, a seed fixes the result, and it is not the one-pass DDIM's."""
+    method, net, batch, _ = setup("rddm")
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append("net"))
+    cond = method.degraded_input(batch["gt"], batch["lq"])
+    seen = []
+    with torch.no_grad():
+        out = method.sample(net, cond, steps=3, sampler="two_stage", generator=seeded(3),
+                            callback=lambda i, n, x: seen.append((i, n)))
+        again = method.sample(net, cond, steps=3, sampler="two_stage", generator=seeded(3))
+        two_stage_calls = len(calls)
+        ddim = method.sample(net, cond, steps=3, sampler="ddim", generator=seeded(3))
+    assert seen == [(i, 6) for i in range(6)] and two_stage_calls == 12
+    assert out.shape == cond.shape and torch.isfinite(out).all() and out.abs().max() <= 1
+    assert torch.equal(out, again) and not torch.allclose(out, ddim)

@@ -10,8 +10,10 @@ Noise-DA, ``real`` (unpaired real degraded images).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,32 @@ import torch
 from torch import nn
 
 Callback = Callable[[int, int, torch.Tensor], None] | None
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """The sampling options a method takes by name (``Restorer.restore(eta=...)``, ``irdiff restore --eta``).
+
+    Each method declares a subclass with one field per option, made with :func:`option`; a field's
+    default None means "the model's configured value". This base class has no field: the method
+    takes none. The CLI builds its checks from these declarations.
+    """
+
+
+def option(help: str, samplers: tuple[str, ...] = (), low: float | None = None, low_open: bool = False) -> Any:
+    """A sampling-option field (default None). samplers: the samplers it applies to (empty: all);
+    low: its smallest value (excluded with low_open)."""
+    return dataclasses.field(default=None, metadata={"help": help, "samplers": samplers, "low": low,
+                                                     "low_open": low_open})
+
+
+class OptionError(ValueError, TypeError):
+    """A sampling option the model cannot use, or a value out of range. ``option`` is its name as the
+    API spells it (the CLI turns it into its flag). A TypeError too, as Python's own unknown keyword."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
 
 
 class Method:
@@ -32,6 +60,13 @@ class Method:
     default_steps: int | None = None
     #: samplers by name; the first one is the default
     samplers: tuple[str, ...] = ()
+    #: the sampling options this method takes by name (see SampleOptions); none by default
+    Options: type[SampleOptions] = SampleOptions
+
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Fill in or check, in place, the method keys that the config's ``data`` section already states,
+        so that a value is written once (called by config validation). Default: nothing is linked."""
 
     # --- network plumbing ---------------------------------------------------------------------
     def net_in_channels(self, img_channels: int) -> int:
@@ -115,6 +150,44 @@ class Method:
         if name not in self.samplers:
             raise ValueError(f"unknown sampler {name!r} for {type(self).__name__}; known: {', '.join(self.samplers)}")
         return name
+
+    def option_names(self, sampler: str | None = None) -> list[str]:
+        """The sampling options this model takes with ``sampler`` (default: the default sampler)."""
+        name = self.check_sampler(sampler) if self.samplers else None
+        return [f.name for f in dataclasses.fields(self.Options)
+                if not f.metadata.get("samplers") or name in f.metadata["samplers"]]
+
+    def sample_options(self, sampler: str | None = None, **given: Any) -> SampleOptions:
+        """Options given by name (None = not given) checked against ``Options``, like config keys: an
+        unknown or inapplicable name, or a value below the field's range, is an OptionError naming it."""
+        valid = self.option_names(sampler)
+        fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        for key, value in given.items():
+            if value is None:
+                continue
+            if key not in valid:
+                why = (f"applies only to the {' / '.join(fields[key].metadata['samplers'])} sampler"
+                       if key in fields else f"not a sampling option of {type(self).__name__}")
+                raise OptionError(key, f"{why} (this model's options: {', '.join(valid) or 'none'})")
+            low, open_ = fields[key].metadata.get("low"), fields[key].metadata.get("low_open")
+            if low is not None and (value < low or (open_ and value == low)):
+                raise OptionError(key, f"must be {'>' if open_ else '>='} {low:g}, got {value:g}")
+        return self.Options(**{k: v for k, v in given.items() if v is not None})
+
+    def max_steps(self, options: SampleOptions | None = None) -> int | None:
+        """The largest sampling step count (1..this); None for a one-pass method, which takes no steps."""
+        return self.num_steps if self.num_steps > 1 else None
+
+    def check_steps(self, steps: Any, options: SampleOptions | None = None) -> None:
+        """An int step count must lie in 1..max_steps (never clamped); None is the model's default.
+        Explicit step lists are checked by the samplers."""
+        if steps is None or not isinstance(steps, int | np.integer):
+            return
+        top = self.max_steps(options)
+        if top is None:
+            raise OptionError("steps", f"{type(self).__name__} restores in one pass and takes no steps")
+        if not 1 <= steps <= top:
+            raise OptionError("steps", f"must be in 1..{top} for this model, got {steps}")
 
 
 # ---- losses --------------------------------------------------------------------------------------

@@ -9,13 +9,19 @@ and walks a decreasing subset of steps s → s':
 - ``naive`` (Algorithm 1): x_{s'} = D(x̂0, s').
 
 The reference code trains with a 0-based index t meaning t+1 operators and samples with s−1; here
-the net sees s/T for the state with s operators applied, in training and sampling alike.
+the net sees s/T for the state with s operators applied, in training and sampling alike, or, with
+``level: index``, the reference's own time input s − 1 (for its released weights, see
+``irdiff.official.cold``).
 
 Built-in degradations (``degradation``):
 
 - ``blur``: per-step depthwise Gaussian blur (kernel ``blur_kernel_size``, std
-  ``blur_std + blur_std_increment·(i−1)`` at step i), reflect border, composed step by step (the
-  data pipeline's ``gaussian_blur`` degradation at a fixed std);
+  ``blur_std + blur_std_increment·(i−1)`` at step i, or ``exp(blur_std·(i−1))`` with
+  ``blur_schedule: exponential``), ``blur_padding`` reflect (default) or circular border, composed
+  step by step (the data pipeline's ``gaussian_blur`` degradation at a fixed std; the reference's blur
+  routines: Incremental = linear with increment = std, Constant = increment 0, Exponential(_reflect) =
+  exponential; its default border is circular);
+  ``blur_discrete`` (the reference's generation models): D(x0, T) is the per-channel mean colour;
 - ``mask``: product of centred smooth holes z_i = 1 − exp(−r²/2σ_i²), σ_i = ``mask_std``·(i − 1 +
   ``mask_initial``) pixels (the reference's Incremental routine); the hole fades to 0 (mid-grey);
 - ``pixelate`` / ``downsample``: step i down-samples by 2^i (``pixelate_mode`` "area" or antialiased
@@ -62,6 +68,8 @@ class ColdDiffusion(Method):
 
     def __init__(self, degradation: str = "interp", num_steps: int | None = None,
                  blur_kernel_size: int = 11, blur_std: float = 1.0, blur_std_increment: float = 0.0,
+                 blur_schedule: str = "linear", blur_padding: str = "reflect", blur_discrete: bool = False,
+                 level: str = "fraction",
                  mask_std: float = 0.2, mask_initial: float = 1.0,
                  pixelate_mode: str = "area",
                  snow_seed: int = 0, snow_mean: float = 0.55, snow_std: float = 0.3, snow_zoom: int = 4,
@@ -80,6 +88,14 @@ class ColdDiffusion(Method):
         self.blur_kernel_size = int(blur_kernel_size)
         self.blur_std = float(blur_std)
         self.blur_std_increment = float(blur_std_increment)
+        if blur_schedule not in ("linear", "exponential"):
+            raise ValueError(f"blur_schedule must be 'linear' or 'exponential', got {blur_schedule!r}")
+        if blur_padding not in ("reflect", "circular"):
+            raise ValueError(f"blur_padding must be 'reflect' or 'circular', got {blur_padding!r}")
+        if level not in ("fraction", "index"):
+            raise ValueError(f"level must be 'fraction' (s/T) or 'index' (s − 1), got {level!r}")
+        self.blur_schedule, self.blur_padding, self.level = blur_schedule, blur_padding, level
+        self.blur_discrete = bool(blur_discrete)
         self.mask_std = float(mask_std)
         self.mask_initial = float(mask_initial)
         if pixelate_mode not in ("area", "bicubic"):
@@ -98,7 +114,10 @@ class ColdDiffusion(Method):
         self.loss_type = loss_type_name(loss_type)
         # per-step parameters, index 0 unused (no operator at s = 0)
         steps = np.arange(self.num_steps + 1, dtype=np.float64)
-        self.blur_sigma = self.blur_std + self.blur_std_increment * (steps - 1)
+        if blur_schedule == "exponential":
+            self.blur_sigma = np.exp(self.blur_std * (steps - 1))
+        else:
+            self.blur_sigma = self.blur_std + self.blur_std_increment * (steps - 1)
         self.mask_sigma = self.mask_std * (steps - 1 + self.mask_initial)
         self.snow_threshold = np.concatenate(
             [[np.inf], np.linspace(self.snow_threshold_start, self.snow_threshold_end, self.num_steps)])
@@ -109,7 +128,8 @@ class ColdDiffusion(Method):
         # the blur operators and the snow streaks are the data pipeline's registered degradations, with
         # fixed parameters (so deterministic: a fixed value draws nothing from a generator)
         self._blur_ops = [None] + [
-            build_degradation({"name": "gaussian_blur", "sigma": float(sigma), "kernel_size": self.blur_kernel_size})
+            build_degradation({"name": "gaussian_blur", "sigma": float(sigma), "kernel_size": self.blur_kernel_size,
+                               "border": self.blur_padding})
             for sigma in self.blur_sigma[1:]] if self.degradation == "blur" else []
         self._streaks = build_degradation({"name": "motion_blur", "length": self.snow_blur_length,
                                            "angle": self.snow_angle})
@@ -185,7 +205,10 @@ class ColdDiffusion(Method):
 
     def _op(self, x: torch.Tensor, i: int) -> torch.Tensor:
         if self.degradation == "blur":
-            return self._blur_ops[i](x, None)
+            x = self._blur_ops[i](x, None)
+            if self.blur_discrete and i == self.num_steps:  # the reference's generation models: D(x0, T) = mean
+                x = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+            return x
         if self.degradation == "mask":
             return x * self._mask_factor(x, i)
         return self._pixelate(x, i)
@@ -236,8 +259,7 @@ class ColdDiffusion(Method):
         if t is None:
             t = randint(1, self.num_steps, x0.shape[0], generator, x0.device)
         x_s = self.degrade(x0, t, batch.get("lq"))
-        level = (t.to(torch.float64) / self.num_steps).to(device=x0.device, dtype=x0.dtype)
-        pred = net(x_s, level, None)
+        pred = net(x_s, self.net_level(t).to(device=x0.device, dtype=x0.dtype), None)
         err = pixel_error(pred - x0, self.loss_type)
         return err.flatten(1).mean(1)
 
@@ -246,17 +268,24 @@ class ColdDiffusion(Method):
                ) -> torch.Tensor:
         """Restore ``cond`` = x_T (the degraded batch: lq for 'interp', D(x0, T) otherwise).
 
-        A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D.
+        A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D. With
+        ``blur_discrete`` only the per-channel mean of ``cond`` is used (x_T is a flat colour).
         """
         extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"ColdDiffusion.sample got unexpected arguments: {', '.join(sorted(extra))}")
+        if self.degradation == "blur" and self.blur_discrete:
+            cond = cond.mean(dim=(2, 3), keepdim=True).expand_as(cond)
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         fn = {"improved": sample_improved, "naive": sample_naive}[self.check_sampler(sampler)]
         return fn(self, net, cond, cond, steps or self.default_steps, generator, callback)
 
+    def net_level(self, s: torch.Tensor) -> torch.Tensor:
+        """What the net sees for s operators applied (B,) integers: s/T, or s − 1 with ``level: index``."""
+        s = s.to(torch.float64)
+        return s - 1 if self.level == "index" else s / self.num_steps
+
     def restore_step(self, net: nn.Module, x: torch.Tensor, s: int) -> torch.Tensor:
-        """x̂0 = R(x_s, s/T)."""
-        level = torch.full((x.shape[0],), s / self.num_steps, device=x.device, dtype=x.dtype)
+        """x̂0 = R(x_s, level(s))."""
+        level = self.net_level(torch.full((x.shape[0],), s)).to(device=x.device, dtype=x.dtype)
         return net(x, level, None)
 
 

@@ -25,11 +25,16 @@ Differences from the reference code (deliberate):
 - the posterior sampler may jump over steps (any decreasing subset of 1..T ending at 0), with η
   scaling its std; the reference only has the one-step, η = 1 version.
 - schedules and every exp are float64 (the reference uses float32).
+
+``net_input: official`` feeds a net trained by the reference code (``irdiff import --format irsde``):
+net(x_t, t, cond=μ) with images mapped back to [0, 1] and t the integer step, as the authors' nets
+were trained (the clean variant: net(x_t, t)). ε needs no rescaling: x_t and √v_t scale alike.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,9 +44,12 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    OptionError,
+    SampleOptions,
     Steps,
     gather,
     loss_type_name,
+    option,
     per_sample_mean,
     pixel_error,
     randint,
@@ -71,6 +79,18 @@ def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray
 OBJECTIVES = ("optimal_path", "noise")
 
 
+@dataclass(frozen=True)
+class IRSDEOptions(SampleOptions):
+    eta: float | None = option("std scale of the posterior sampler: 1 the true posterior, 0 deterministic "
+                               "(default: the model's eta)", samplers=("posterior",), low=0)
+
+
+@dataclass(frozen=True)
+class DenoisingSDEOptions(IRSDEOptions):
+    noise_sigma: float | None = option("the input's noise std (0-255), where sampling starts "
+                                       "(default: the model's noise_sigma)", low=0, low_open=True)
+
+
 @METHODS.register("irsde")
 class IRSDE(Method):
     """Mean-reverting SDE restoration (IR-SDE), with the Denoising-SDE variant for Gaussian noise.
@@ -83,11 +103,16 @@ class IRSDE(Method):
     std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
     ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
     Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
-    the 0–255 scale, where sampling starts; must be < lam).
+    the 0–255 scale, where sampling starts; must be < lam), ``net_input`` ("residual": irdiff's own
+    net(x_t − μ, t/T, μ) in [−1, 1]; "official": the reference code's net(x_t, t, μ) in [0, 1] with the
+    integer step t, for imported checkpoints), ``lr_upsample`` (SR: how an LR input is brought to the
+    output size: "matlab" bicubic, the data pipeline's, or "torch" F.interpolate bicubic, the reference
+    code's, for its checkpoints).
     """
 
     noise_level_dim = 1
     samplers = ("posterior", "sde", "ode")
+    Options: type[SampleOptions] = IRSDEOptions  # DenoisingSDEOptions for mean_target clean (set per instance)
     # The posterior sampler is exact in its jumps (no discretisation error), so 20 steps suffice
     # where Euler–Maruyama ("sde", the paper's default) wants all T = 100.
     default_steps = 20
@@ -105,7 +130,8 @@ class IRSDE(Method):
 
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
                  objective: str = "optimal_path", loss_type: str = "l1", eta: float = 1.0,
-                 mean_target: str = "lq", noise_sigma: float = 25.0, loss_norm: str | None = None):
+                 mean_target: str = "lq", noise_sigma: float = 25.0, net_input: str = "residual",
+                 lr_upsample: str = "matlab", loss_norm: str | None = None):
         if loss_type in OBJECTIVES or loss_norm is not None:  # an older config's spelling
             old = self.canonical_kwargs({"loss_type": loss_type, "loss_norm": loss_norm})
             objective, loss_type = old.get("objective", objective), old.get("loss_type", "l1")
@@ -119,10 +145,17 @@ class IRSDE(Method):
             raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         if mean_target not in ("lq", "clean"):
             raise ValueError(f"unknown mean_target {mean_target!r}; known: lq, clean")
+        if lr_upsample not in ("matlab", "torch"):
+            raise ValueError(f"unknown lr_upsample {lr_upsample!r}; known: matlab, torch")
+        if net_input not in ("residual", "official"):
+            raise ValueError(f"unknown net_input {net_input!r}; known: residual, official")
         if mean_target == "clean" and not 0 < noise_sigma < lam:
             raise ValueError(f"noise_sigma must be in (0, lam = {lam}), got {noise_sigma}")
         self.mean_target = mean_target
+        self.net_input = net_input
+        self.lr_upsample = lr_upsample
         self.noise_sigma = float(noise_sigma)
+        self.Options = DenoisingSDEOptions if mean_target == "clean" else IRSDEOptions
         self.num_steps = int(num_steps)
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
         self.eps = float(eps)
@@ -172,20 +205,67 @@ class IRSDE(Method):
         """The Denoising-SDE variant (μ = x0)."""
         return self.mean_target == "clean"
 
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Denoising-SDE: the noise level is written once, in the data's AWGN degradation. ``noise_sigma``
+        (where sampling starts) defaults to the training degradation's fixed sigma; given as well, it must
+        agree with it and with the validation degradation's: a model trained and validated at one sigma
+        that starts sampling at another is a mistake, not a choice (restore's noise_sigma= is the place for
+        another level). Blind training (a sigma range) states no single level: noise_sigma stays as given."""
+        if method.get("mean_target") != "clean":
+            return
+        for key in ("train", "val"):
+            spec = getattr(data, key, None)
+            deg = (getattr(spec, "degradation", None) or {}) if spec is not None else {}
+            sigma = deg.get("sigma")
+            if deg.get("name") != "awgn" or not isinstance(sigma, int | float):
+                continue
+            if "noise_sigma" not in method:
+                method["noise_sigma"] = float(sigma)
+            elif float(method["noise_sigma"]) != float(sigma):
+                raise ValueError(f"noise_sigma {method['noise_sigma']:g} disagrees with data.{key}.degradation.sigma "
+                                 f"{sigma:g}; write the noise level once, in the data's degradation")
+
+    def sample_options(self, sampler: str | None = None, **given: Any) -> SampleOptions:
+        opts = super().sample_options(sampler, **given)
+        lam = self.lam * 255.0 / 2.0
+        sigma = getattr(opts, "noise_sigma", None)
+        if sigma is not None and sigma >= lam:
+            raise OptionError("noise_sigma", f"must be in (0, {lam:g}) for this model (its lam), got {sigma:g}")
+        return opts
+
+    def max_steps(self, options: SampleOptions | None = None) -> int | None:
+        """T; Denoising-SDE: t*, the step where the input's noise level sits (sampling walks t* -> 0)."""
+        if not self.clean_mean:
+            return self.num_steps
+        sigma = getattr(options, "noise_sigma", None)
+        return max(self.start_step(self.noise_sigma if sigma is None else sigma), 1)
+
     def start_step(self, sigma: float) -> int:
         """Denoising-SDE: the step whose marginal std √v_t is closest to ``sigma`` (0–255 scale)."""
         target = 2.0 * float(sigma) / 255.0
         return int(np.argmin(np.abs(np.sqrt(self.variance(np.arange(self.num_steps + 1))) - target)))
 
     # --- net plumbing -------------------------------------------------------------------------
+    def upsample_input(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
+        if self.lr_upsample == "matlab":
+            return super().upsample_input(lr, scale)
+        # the reference's util.upscale: F.interpolate bicubic (a = −0.75, no antialias), not clamped
+        return nn.functional.interpolate(lr[None], scale_factor=scale, mode="bicubic")[0]
+
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels if self.clean_mean else 2 * img_channels
 
     def predict_noise(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None,
                       t: torch.Tensor | int) -> torch.Tensor:
-        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor."""
+        """ε̂ = net(x_t − μ, t/T, cond=μ) (clean variant: net(x_t, t/T)); t an int or a (B,) integer tensor.
+
+        ``net_input == "official"``: ε̂ = net((x_t + 1)/2, t, cond=(μ + 1)/2), the reference code's call."""
         if not torch.is_tensor(t):
             t = torch.full((x.shape[0],), int(t), device=x.device)
+        if self.net_input == "official":
+            step = t.to(device=x.device, dtype=torch.float32)
+            return net((x + 1) / 2, step, None if self.clean_mean else (mu + 1) / 2)
         level = t.to(device=x.device, dtype=x.dtype) / self.num_steps
         if self.clean_mean:
             return net(x, level, None)
@@ -250,14 +330,18 @@ class IRSDE(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: Steps | None = None,
                sampler: str | None = None, generator: torch.Generator | None = None,
                callback: Callback = None, **extra: Any) -> torch.Tensor:
-        """Restore ``cond`` (the degraded image, [-1, 1]); extra: ``eta`` for the posterior sampler,
-        ``clamp`` (default True) to clamp the final output to [-1, 1]."""
+        """Restore ``cond`` (the degraded image, [-1, 1]); extra: the options of ``self.Options`` (``eta`` for
+        the posterior sampler; ``noise_sigma`` for Denoising-SDE), ``clamp`` (default True) to clamp the
+        final output to [-1, 1]."""
         name = self.check_sampler(sampler)
         clamp = extra.pop("clamp", True)
+        opts = self.sample_options(name, **extra)
+        extra = {"eta": opts.eta} if name == "posterior" else {}
         steps = steps or self.default_steps
         if self.clean_mean:
             # Denoising-SDE: walk from t* (where the chain's std equals the input's noise) down to 0
-            t_star = self.start_step(extra.pop("noise_sigma", self.noise_sigma))
+            sigma = opts.noise_sigma
+            t_star = self.start_step(self.noise_sigma if sigma is None else sigma)
             if t_star == 0:  # below the chain's first step: nothing to remove
                 return cond.clamp(-1, 1) if clamp else cond
             if isinstance(steps, int | np.integer):

@@ -24,6 +24,10 @@ or step / train.steps when ``ramp_steps`` is None (then resuming with another tr
 ramp, as it changes a cosine learning rate). The trainer's ``progress`` / ``total_steps`` batch entries
 carry the step. ``loss_terms`` returns every term for tests and diagnostics; ``loss`` their total.
 
+``value_range`` is the range R works in: [−1, 1] (default) or, for the reference's denoising weights
+(trained on [0, 1] images, its ``norm0``), [0, 1]: R then sees (x + 1)/2 and its residual is scaled back
+by 2, so ŷ = x + 2·R((x + 1)/2) in irdiff's [−1, 1] equals the reference's x' + R(x') in [0, 1].
+
 The trained module is a ``NoiseDANet`` (R and ε_θ) whose forward runs the whole step, so that a DDP
 wrapper all-reduces both nets' gradients. With λ_dif = 0, ε_θ gets no gradient (DDP would need
 find_unused_parameters); the ``regression`` method with ``loss_type: charbonnier`` is that baseline.
@@ -89,10 +93,15 @@ class NoiseDA(Method):
     def __init__(self, lambda_dif: float = 0.2, ramp_steps: int | None = None, diffusion_steps: int = 1000,
                  beta_start: float = 1e-6, beta_end: float = 1e-2, channel_shuffle: bool = True,
                  contrastive: bool = True, margin: float = 0.1, charbonnier_eps: float = 1e-3,
-                 diffusion_net: dict | None = None, noise_level_input: str = "gamma"):
+                 diffusion_net: dict | None = None, noise_level_input: str = "gamma",
+                 value_range: tuple[float, float] = (-1.0, 1.0)):
         if lambda_dif < 0:
             raise ValueError(f"lambda_dif must be >= 0, got {lambda_dif}")
         self.lambda_dif, self.ramp_steps = lambda_dif, ramp_steps
+        lo, hi = (float(v) for v in value_range)
+        if not hi > lo:
+            raise ValueError(f"value_range must be [low, high] with high > low, got {list(value_range)}")
+        self.value_range = (lo, hi)
         self.T = diffusion_steps
         # The teacher's forward process is SR3's (continuous γ between neighbouring levels of a linear
         # schedule). Its net is fed γ itself by default, not SR3's √(1−γ): the reference code does so, the
@@ -116,6 +125,13 @@ class NoiseDA(Method):
         diffusion = NETS.build(name, where="method.diffusion_net", in_channels=3 * img_channels,
                                out_channels=img_channels, noise_level_dim=1, **d)
         return NoiseDANet(restorer, diffusion)
+
+    def residual(self, restorer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """R's residual for x in [−1, 1], in [−1, 1] units: R run in ``value_range`` and scaled back."""
+        lo, hi = self.value_range
+        if (lo, hi) == (-1.0, 1.0):
+            return restorer(x, None)
+        return restorer(lo + (x + 1) * ((hi - lo) / 2), None) * (2 / (hi - lo))
 
     def inference_net(self, model: nn.Module) -> nn.Module:
         return model["restorer"] if isinstance(model, (NoiseDANet, nn.ModuleDict)) else model
@@ -182,7 +198,7 @@ class NoiseDA(Method):
             y_noisy = self.teacher.add_noise(y, gamma64, eps)
 
         def step(restorer: nn.Module, diffusion: nn.Module) -> dict[str, torch.Tensor]:
-            r_s, r_r = restorer(x_s, None), restorer(x_r, None)
+            r_s, r_r = self.residual(restorer, x_s), self.residual(restorer, x_r)
             yhat_s, yhat_r = x_s + r_s, x_r + r_r
             out = {"pix": per_sample_mean(charbonnier(yhat_s - y, self.charbonnier_eps))}
             if not diffuse:
@@ -217,9 +233,10 @@ class NoiseDA(Method):
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
-        self.check_sampler(sampler)
+        extra.pop("mask", None)  # not an inpainting model: a mask in the batch is ignored
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         restorer = self.inference_net(getattr(net, "module", net))
-        out = (cond + restorer(cond, None)).clamp(-1, 1)
+        out = (cond + self.residual(restorer, cond)).clamp(-1, 1)
         if callback is not None:
             callback(0, 1, out)
         return out

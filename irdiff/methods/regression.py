@@ -41,7 +41,8 @@ class Regression(Method):
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
-        self.check_sampler(sampler)
+        extra.pop("mask", None)  # not an inpainting model: a mask in the batch is ignored
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         out = self.restore(net, cond).clamp(-1, 1)
         if callback is not None:
             callback(0, 1, out)

@@ -3,13 +3,17 @@
 Forward: y_t = √γ · y0 + √(1−γ) · ε with γ = ᾱ_t = ∏_{s≤t}(1−β_s), ᾱ_0 = 1 (float64 schedule).
 Training draws, per *sample*, t ~ U{1..T} and then γ ~ U(ᾱ_t, ᾱ_{t−1}); the network is fed γ (the
 Palette convention; the SR3 repo feeds √γ — a checkpoint from it needs γ ↦ √γ before its net) and
-predicts ε. Loss ‖ε − f(y_t, γ, c)‖_p, p ∈ {1, 2}, averaged per sample.
+predicts ε. Loss ‖ε − f(y_t, γ, c)‖_p, p ∈ {1, 2}, averaged per sample. ``noise_level_input`` picks
+what the net is fed: √(1−γ) (irdiff's default), γ (Palette) or √γ (the SR3 repo), so the authors'
+checkpoints run under this method unchanged (``irdiff import --format sr3 / palette``).
 
 Conditioning ``c`` is the LQ image (bicubic-upsampled LR for SR, noisy/blurry/rainy image...). In
 inpainting mode it is the LQ image with the hole filled by N(0, 1) noise plus the mask as one extra
-channel (net input 2C+1); the known pixels of the noisy input are replaced by the GT in training, the
-loss is averaged over the hole only, and sampling re-pastes the known pixels after every step. Unlike
-the reference repos (condition first), our nets concatenate ``[x, cond]``; images are in [−1, 1].
+channel (net input 2C+1; ``mask_channel: false`` leaves the mask out, as Palette's nets: 2C); the
+known pixels of the noisy input are replaced by the GT in training, the loss is averaged over the hole
+only, and sampling re-pastes the known pixels after every step. Unlike the reference repos (condition
+first), our nets concatenate ``[x, cond]`` (the official_sr3 / official_palette nets put it first, as
+the authors'); images are in [−1, 1].
 
 Because the net sees γ, not t, sampling may use any subset of the training levels: ``ddim`` (default,
 η from the config, 0 = deterministic) and ``ddpm`` (ancestral, β re-derived from consecutive ᾱ of the
@@ -19,6 +23,7 @@ subset, posterior variance β̃). Both clamp the predicted y0 to [−1, 1] when 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,9 +33,11 @@ from torch import nn
 from irdiff.methods.base import (
     Callback,
     Method,
+    SampleOptions,
     cosine_alpha_bar,
     linear_betas,
     loss_type_name,
+    option,
     pixel_error,
     rand,
     randint,
@@ -39,6 +46,12 @@ from irdiff.methods.base import (
     step_indices,
 )
 from irdiff.registry import METHODS
+
+
+@dataclass(frozen=True)
+class SR3Options(SampleOptions):
+    eta: float | None = option("DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: the model's eta)",
+                               samplers=("ddim",), low=0)
 
 
 @METHODS.register("sr3")
@@ -54,21 +67,35 @@ class SR3(Method):
         clip_x0: clamp the predicted y0 to [−1, 1] at every sampling step.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
         noise_level_input: what the net is fed as its continuous noise level: "noise_std" = √(1−γ)
-            (default) or "gamma" = γ (Palette's convention). Both are the same continuous level,
-            reparametrised; we default to √(1−γ) because the net embeds sinusoids of 1000·value, and
-            γ stays within 1e-4 of 1 for the first ~50 of 2000 steps, so γ-fed nets cannot tell the
-            low-noise levels apart (where the final detail is decided); √(1−γ) spreads them out.
+            (default), "gamma" = γ (Palette's convention) or "sqrt_gamma" = √γ (the SR3 repo's). All are
+            the same continuous level, reparametrised; we default to √(1−γ) because the net embeds
+            sinusoids of 1000·value, and γ stays within 1e-4 of 1 for the first ~50 of 2000 steps, so
+            γ-fed nets cannot tell the low-noise levels apart (where the final detail is decided);
+            √(1−γ) spreads them out. (Training draws γ uniformly in [ᾱ_t, ᾱ_{t−1}] whatever is fed; the
+            SR3 repo draws √γ uniformly in [√ᾱ_t, √ᾱ_{t−1}]: the same intervals, a slightly different
+            density inside each.)
+        mask_channel: inpainting only: append the mask to the net's condition (irdiff's default); False
+            gives the net [x, lq with noise in the hole] only, as Palette's released nets (in_channel 6).
+        init_from_cond: inpainting only: sampling starts from the condition image itself (the known
+            pixels, and in the hole the very noise that fills the condition's hole), as Palette's test
+            code does (``restoration(y_cond, y_t=y_cond, ...)``); False draws fresh noise for the hole.
     """
 
     samplers = ("ddim", "ddpm")
     default_steps = 50
+    Options = SR3Options
 
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
                  beta_end: float = 1e-2, loss_type: str = "l1", inpainting: bool = False, clip_x0: bool = True,
-                 eta: float = 0.0, noise_level_input: str = "noise_std"):
-        if noise_level_input not in ("noise_std", "gamma"):
-            raise ValueError(f"noise_level_input must be 'noise_std' or 'gamma', got {noise_level_input!r}")
+                 eta: float = 0.0, noise_level_input: str = "noise_std", mask_channel: bool = True,
+                 init_from_cond: bool = False):
+        if noise_level_input not in ("noise_std", "gamma", "sqrt_gamma"):
+            raise ValueError(f"noise_level_input must be noise_std, gamma or sqrt_gamma, got {noise_level_input!r}")
+        if init_from_cond and not inpainting:
+            raise ValueError("init_from_cond needs inpainting: true (it starts from the masked condition image)")
         self.noise_level_input = noise_level_input
+        self.mask_channel = bool(mask_channel)
+        self.init_from_cond = bool(init_from_cond)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if eta < 0:
@@ -94,7 +121,7 @@ class SR3(Method):
         return self.inpainting
 
     def net_in_channels(self, img_channels: int) -> int:
-        return 2 * img_channels + (1 if self.inpainting else 0)
+        return 2 * img_channels + (1 if self.inpainting and self.mask_channel else 0)
 
     # --- conditioning -------------------------------------------------------------------------
     def net_cond(self, lq: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator | None
@@ -107,6 +134,10 @@ class SR3(Method):
         mask = mask.to(lq.dtype)
         filled = lq * (1 - mask) + mask * randn_like(lq, generator)
         return torch.cat([filled, mask], dim=1)
+
+    def net_view(self, cond: torch.Tensor, img_channels: int) -> torch.Tensor:
+        """What the net sees of ``net_cond``'s output: without ``mask_channel``, the mask channel is dropped."""
+        return cond if not self.inpainting or self.mask_channel else cond[:, :img_channels]
 
     def paste_known(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Inpainting: put the known pixels (stored in ``cond``) back into ``x``; identity otherwise."""
@@ -146,7 +177,7 @@ class SR3(Method):
         cond = self.net_cond(lq, mask, generator)
         if self.inpainting:
             x_t = torch.where(mask.to(x0.device) > 0.5, x_t, x0)
-        pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), cond)
+        pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), self.net_view(cond, x0.shape[1]))
         err = pixel_error(pred - noise, self.loss_type)
         if not self.inpainting:
             return err.flatten(1).mean(1)
@@ -156,21 +187,26 @@ class SR3(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any
                ) -> torch.Tensor:
-        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode."""
+        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode; options: SR3Options."""
         mask = extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"SR3.sample got unexpected arguments: {', '.join(sorted(extra))}")
         name = self.check_sampler(sampler)
+        opts = self.sample_options(name, **extra)
         net_cond = self.net_cond(cond, mask, generator)
-        x_T = self.paste_known(randn_like(cond, generator), net_cond)
-        fn = {"ddim": sample_ddim, "ddpm": sample_ddpm}[name]
-        return fn(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
+        if self.init_from_cond:  # the condition image, its hole noise included (Palette's test-time start)
+            x_T = net_cond[:, : cond.shape[1]]
+        else:
+            x_T = self.paste_known(randn_like(cond, generator), net_cond)
+        if name == "ddim":
+            return sample_ddim(self, net, x_T, net_cond, steps or self.default_steps, generator, callback, opts.eta)
+        return sample_ddpm(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
 
     # --- helpers --------------------------------------------------------------------------------
     def net_level(self, gamma: torch.Tensor | float) -> torch.Tensor:
-        """The net's noise-level input for level γ (computed in float64): √(1−γ) or γ."""
+        """The net's noise-level input for level γ (computed in float64): √(1−γ), γ or √γ."""
         g = torch.as_tensor(gamma, dtype=torch.float64)
-        return (1 - g).clamp_min(0).sqrt() if self.noise_level_input == "noise_std" else g
+        if self.noise_level_input == "noise_std":
+            return (1 - g).clamp_min(0).sqrt()
+        return g.sqrt() if self.noise_level_input == "sqrt_gamma" else g
 
     def add_noise(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """y = √γ · x0 + √(1−γ) · noise for a (B,) level γ; coefficients in float64, cast once."""
@@ -184,7 +220,7 @@ class SR3(Method):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, ŷ0) at level γ; ŷ0 clamped when ``clip_x0`` and ε̂ then made consistent with it."""
         level = torch.full((x.shape[0],), float(self.net_level(gamma)), device=x.device, dtype=x.dtype)
-        eps = net(x, level, cond)
+        eps = net(x, level, self.net_view(cond, x.shape[1]))
         x0 = (x - math.sqrt(1 - gamma) * eps) / math.sqrt(gamma)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -193,8 +229,9 @@ class SR3(Method):
 
 
 def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
-                generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
-    """DDIM on a subset of the training levels; η = ``method.eta`` (0: deterministic)."""
+                generator: torch.Generator | None, callback: Callback, eta: float | None = None) -> torch.Tensor:
+    """DDIM on a subset of the training levels; η (default ``method.eta``; 0: deterministic)."""
+    eta = method.eta if eta is None else float(eta)
     ab = method.alpha_bar
 
     def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
@@ -203,7 +240,7 @@ def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
         if s == 0:
             x = x0
         else:
-            sigma = method.eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
+            sigma = eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
             x = math.sqrt(g_s) * x0 + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * randn_like(x, generator)
