@@ -156,25 +156,25 @@ def model_key(name: str) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
 
 
-def run_model(name: str, max_images: int | None, ensemble: bool = False) -> str:
+def run_model(name: str, max_images: int | None, shard: tuple[int, int] = (0, 1)) -> str:
     import torch
 
     import irdiff
 
     torch.set_num_threads(1)
-    key = model_key(name) + ("-x8" if ensemble else "")
+    key = model_key(name)
     cache_path = HERE / f"cache_model_{key}.jsonl"
     done = read_cache(cache_path)
     todo = [j for j in jobs(max_images) if (j[0], j[2].name, j[3], j[4]) not in done]
+    todo = todo[shard[0]::shard[1]]  # --shard i/n: one of n processes, each on a core of its own
     restorer = irdiff.load(name)
     print(f"model {name} ({key}): {len(todo)} images", flush=True)
     for cell, i, f, sigma, protocol in todo:
         clean = clean_image(cell, f)
         noisy = noisy_image(cell, i, sigma, clean, protocol).astype(np.float32)
         t = time.perf_counter()
-        kw = {"ensemble": True} if ensemble else {}
         with torch.inference_mode():
-            out = restorer.restore_tensor(torch.from_numpy(noisy.transpose(2, 0, 1).copy()), **kw)
+            out = restorer.restore_tensor(torch.from_numpy(noisy.transpose(2, 0, 1).copy()))
         seconds = time.perf_counter() - t
         out = out.numpy().transpose(1, 2, 0).astype(np.float64)
         p, s = score(out, clean)
@@ -183,10 +183,10 @@ def run_model(name: str, max_images: int | None, ensemble: bool = False) -> str:
     return key
 
 
-def report(model: str, ensemble: bool = False) -> dict:
+def report(model: str) -> dict:
     from irdiff.sysinfo import cpu_name
 
-    key = model_key(model) + ("-x8" if ensemble else "")
+    key = model_key(model)
     ours = read_cache(HERE / f"cache_model_{key}.jsonl")
     theirs = read_cache(HERE / "cache_cbm3d.jsonl")
     cells = []
@@ -208,12 +208,12 @@ def report(model: str, ensemble: bool = False) -> dict:
                               "bm3d_seconds": mean(theirs, "seconds")})
     result = {"model": model, "model_sha": key, "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
               time.gmtime()), "cells": cells}
-    suffix = "" if model == "denoise" and not ensemble else f"_{Path(model).name}{'_x8' if ensemble else ''}"
+    suffix = "" if model == "denoise" else f"_{Path(model).name}"
     (HERE / f"results{suffix}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# `{model}`{' (x8 self-ensemble)' if ensemble else ''} vs (C)BM3D on the same noisy images", "",
+    lines = [f"# `{model}` vs (C)BM3D on the same noisy images", "",
              f"Machine: {result['cpu']}; one thread each; {result['date']}. "
              "Command: `python benchmarks/denoise_vs_cbm3d/run.py all"
-             f"{'' if model == 'denoise' else ' --model ' + model}{' --ensemble' if ensemble else ''}`.", "",
+             f"{'' if model == 'denoise' else ' --model ' + model}`.", "",
              "RGB PSNR (dB) / SSIM on the 8-bit output. `float`: noise added in float, not clipped (papers' "
              "protocol); `uint8`: the same noisy image rounded and clipped to 8 bits. Grey: CBSD68 as BT.601 luma, "
              "grey BM3D. Images: how many of the set both methods have run on (the mean is over those).", "",
@@ -234,17 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["all", "cbm3d", "model", "report"])
     ap.add_argument("--model", default="denoise", help="bundled name or model folder (default: denoise)")
     ap.add_argument("--max-images", type=int, default=None, help="first N images of each set (default: all)")
-    ap.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and rotations)")
+    ap.add_argument("--shard", default="0/1", help="i/n: this process restores every n-th missing image from i")
     args = ap.parse_args(argv)
     if not data_root().is_dir():
         print(f"error: no data folder {data_root()} (set IRDIFF_DATA)", file=sys.stderr)
         return 1
     if args.what in ("all", "model"):
-        run_model(args.model, args.max_images, args.ensemble)
+        i, n = (int(v) for v in args.shard.split("/"))
+        run_model(args.model, args.max_images, (i, n))
     if args.what in ("all", "cbm3d"):
         run_cbm3d(args.max_images)
     if args.what in ("all", "report"):
-        report(args.model, args.ensemble)
+        report(args.model)
     return 0
 
 
