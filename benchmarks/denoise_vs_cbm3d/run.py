@@ -12,8 +12,9 @@ grey BM3D), at sigma 15 / 25 / 50, under two protocols on the same noise draw:
 
 The noise of image i of a set at sigma s is drawn from ``torch.Generator().manual_seed(noise_seed(set, s, i))``
 (the seeds of every number committed for the bundled models). Both methods get the same array, are told
-the true sigma (BM3D needs it; the irdiff model is blind) and are scored on their 8-bit output with
-irdiff.metrics (RGB PSNR / SSIM, BasicSR conventions). Seconds are wall time per image on one thread.
+the true sigma (BM3D needs it; the irdiff model is blind) and are scored by ``irdiff.evaluate.score`` (the
+scoring rule of every irdiff number: 8-bit RGB PSNR / SSIM, BasicSR conventions). Seconds are wall time per
+image on one thread.
 
 CBM3D is slow (about a minute per CBSD68 image on one core), so every result is appended to a cache
 (``cache_<method>.jsonl`` beside this file, committed) and a run only computes what is missing; images
@@ -86,11 +87,15 @@ def noisy_image(cell: str, index: int, sigma: int, clean: np.ndarray, protocol: 
 
 
 def score(out: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-    from irdiff.metrics import psnr, ssim
+    """irdiff.evaluate.score, the one scoring rule (clamp, round both to 8 bits, BasicSR PSNR / SSIM)."""
+    import torch
 
-    out8 = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
-    gt8 = np.clip(np.round(clean * 255), 0, 255).astype(np.uint8)
-    return psnr(out8, gt8), ssim(out8, gt8)
+    from irdiff.evaluate import score as irdiff_score
+
+    def chw(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+
+    return irdiff_score(chw(out), chw(clean))
 
 
 def jobs(max_images: int | None) -> list[tuple[str, int, Path, int, str]]:
