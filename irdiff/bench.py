@@ -13,16 +13,17 @@ A benchmark is a YAML file::
       - {name: irsde-ode, run: runs/irsde, sampler: ode, steps: [10, 100]}
     datasets:
       - name: CBSD68-s25
-        data: {name: synthetic, gt_dir: ../shared/data/CBSD68, max_images: 8, patch_size: null,
+        data: {name: synthetic, gt_dir: "${IRDIFF_DATA}/CBSD68", max_images: 8, patch_size: null,
                degradation: {name: awgn, sigma: 25}}
         center_crop: 128        # optional: centre crop (gt and lq) after degrading
         crop_border: 0          # metrics (BasicSR conventions)
         y_channel: false
 
 A method given by ``config`` is trained (``irdiff.train.train``) into ``<out>/runs/<name>`` unless that
-directory already holds a finished model. Restoration calls ``method.sample`` on the degraded input at
-the gt size (``Method.degraded_input``, so Cold Diffusion gets its own D(gt, T)), with the run's EMA
-net; a forward hook counts the network evaluations (NFE). A step count above a method's training T is
+directory already holds a finished model. Items, seeds and scores come from ``irdiff.evaluate`` (the
+path training's validation and the bundled models' cards use): restoration calls ``method.sample`` on the
+degraded input at the gt size (``Method.degraded_input``, so Cold Diffusion gets its own D(gt, T)), with
+the run's EMA net; a forward hook counts the network evaluations (NFE). A step count above a method's training T is
 clamped by the method (reported as ``nfe``). The identity (the degraded input itself) is scored as
 method ``input`` with 0 steps.
 
@@ -41,7 +42,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from irdiff.config import ConfigError, DataSpec, from_dict, read_yaml
+from irdiff.evaluate import Item, Result, dataset_items, evaluate, identity, with_method
 
 CSV_FIELDS = ["method", "dataset", "steps", "nfe", "psnr", "ssim", "sec_per_image", "sec_per_step", "n_images",
               "sampler"]
@@ -139,56 +140,37 @@ def _ensure_run(entry: MethodEntry, out: Path, progress: bool) -> Path:
     return run_dir
 
 
-def _center_crop(img: torch.Tensor, size: int | None) -> torch.Tensor:
-    if not size:
-        return img
-    h, w = img.shape[-2:]
-    if h < size or w < size:
-        raise ValueError(f"center_crop {size} is larger than an image ({w}x{h})")
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[..., top : top + size, left : left + size]
-
-
-def load_images(entry: DatasetEntry, seed: int) -> list[dict[str, Any]]:
-    """The dataset's items (gt, lq, optional mask) as [0, 1] tensors, degraded once with fixed seeds."""
-    from irdiff.data.datasets import build_dataset
-
-    spec = entry.data
-    ds = build_dataset(spec, seed, train=False)
-    items = []
-    for i in range(len(ds)):
-        item = ds[(0, i)]
-        out = {k: _center_crop(v, entry.center_crop) for k, v in item.items() if torch.is_tensor(v)}
-        out["id"] = ds.name_of(i)
-        items.append(out)
-    return items
+def load_images(entry: DatasetEntry, seed: int) -> list[Item]:
+    """The dataset's items (gt, lq, optional mask) in [0, 1], degraded once by ``irdiff.evaluate``'s seeds."""
+    return dataset_items(entry.data, seed, center_crop=entry.center_crop)
 
 
 class _Counter:
+    """Counts the net's forward passes (NFE) per restored item."""
+
     def __init__(self, net: torch.nn.Module):
-        self.n = 0
+        self.n, self.per_item = 0, []
         self.handle = net.register_forward_hook(self._hook)
 
     def _hook(self, *_: Any) -> None:
         self.n += 1
 
-
-def _score(pred: torch.Tensor, gt: torch.Tensor, entry: DatasetEntry) -> tuple[float, float]:
-    from irdiff.data.io import to_uint8
-    from irdiff.metrics import psnr, ssim
-
-    p8, g8 = to_uint8(pred.clamp(0, 1)), to_uint8(gt)
-    kw = {"crop_border": entry.crop_border, "y_channel": entry.y_channel}
-    return float(psnr(p8, g8, **kw)), float(ssim(p8, g8, **kw))
+    def item_done(self, i: int, item: Item, restored: torch.Tensor) -> None:
+        self.per_item.append(self.n)
+        self.n = 0
 
 
-@torch.no_grad()
-def bench_method(name: str, restorer: Any, items: list[dict[str, Any]], entry: DatasetEntry, steps: list[int],
+def _records(result: Result, method: str, entry: DatasetEntry, steps: int, nfe: list[int] | None = None,
+             sampler: str | None = None) -> list[dict[str, Any]]:
+    return [{"method": method, "dataset": entry.name, "image": r["image"], "steps": steps,
+             "nfe": nfe[i] if nfe else 0, "psnr": r["psnr"], "ssim": r["ssim"],
+             "seconds": r["seconds"] if nfe else 0.0, "sampler": sampler} for i, r in enumerate(result.records)]
+
+
+def bench_method(name: str, restorer: Any, items: list[Item], entry: DatasetEntry, steps: list[int],
                  seed: int, sampler: str | None = None, sample_kwargs: dict[str, Any] | None = None,
-                 device: str = "cpu", progress: bool = False, color_fix: str = "none") -> list[dict[str, Any]]:
-    """Restore every item at every step count; one record per (image, steps)."""
-    from irdiff.colorfix import color_fix as fix
-
+                 progress: bool = False, color_fix: str = "none") -> list[dict[str, Any]]:
+    """Restore every item at every step count (``irdiff.evaluate``); one record per (image, steps)."""
     method, net = restorer.method, restorer.net
     sampler = sampler or restorer.cfg.sample.sampler
     used = sampler or (method.samplers[0] if method.samplers else None)
@@ -196,42 +178,24 @@ def bench_method(name: str, restorer: Any, items: list[dict[str, Any]], entry: D
     records = []
     try:
         for n in steps:
-            for i, item in enumerate(items):
-                gt = item["gt"][None].to(device)
-                lq = method.degraded_input(gt * 2 - 1, item["lq"][None].to(device) * 2 - 1)
-                extra = dict(sample_kwargs or {})
-                if "mask" in item:
-                    extra["mask"] = item["mask"][None].to(device)
-                g = torch.Generator(device=device)
-                g.manual_seed(seed + i)
-                counter.n = 0
-                t0 = time.perf_counter()
-                out = fix(color_fix, method.sample(net, lq, steps=n, sampler=sampler, generator=g, **extra), lq)
-                dt = time.perf_counter() - t0
-                p, s = _score(((out[0].float().cpu() + 1) / 2), item["gt"], entry)
-                records.append({"method": name, "dataset": entry.name, "image": item["id"], "steps": n,
-                                "nfe": counter.n, "psnr": p, "ssim": s, "seconds": dt,
-                                "sampler": used})
+            restore = with_method(method, net, steps=n, sampler=sampler, color_fix=color_fix,
+                                  sample_kwargs=sample_kwargs, device=restorer.device)
+            counter.n, counter.per_item = 0, []
+            res = evaluate(items, restore, seed=seed, crop_border=entry.crop_border, y_channel=entry.y_channel,
+                           device=restorer.device, on_item=counter.item_done)
+            records += _records(res, name, entry, n, counter.per_item, used)
             if progress:
-                last = [r for r in records if r["steps"] == n]
-                print(f"[bench] {name} {entry.name} steps={n}: PSNR {_mean(r['psnr'] for r in last):.3f} dB, "
-                      f"{_mean(r['seconds'] for r in last):.2f} s/image", flush=True)
+                print(f"[bench] {name} {entry.name} steps={n}: PSNR {res.mean('psnr'):.3f} dB, "
+                      f"{res.mean('seconds'):.2f} s/image", flush=True)
     finally:
         counter.handle.remove()
     return records
 
 
-def input_records(items: list[dict[str, Any]], entry: DatasetEntry, method: Any = None) -> list[dict[str, Any]]:
+def input_records(items: list[Item], entry: DatasetEntry, method: Any = None) -> list[dict[str, Any]]:
     """The identity baseline: the degraded input scored as it is (Cold's own D when ``method`` is Cold)."""
-    records = []
-    for item in items:
-        lq = item["lq"]
-        if method is not None:
-            lq = (method.degraded_input(item["gt"][None] * 2 - 1, lq[None] * 2 - 1)[0] + 1) / 2
-        p, s = _score(lq, item["gt"], entry)
-        records.append({"method": "input", "dataset": entry.name, "image": item["id"], "steps": 0, "nfe": 0,
-                        "psnr": p, "ssim": s, "seconds": 0.0, "sampler": None})
-    return records
+    res = evaluate(items, identity(method), crop_border=entry.crop_border, y_channel=entry.y_channel)
+    return _records(res, "input", entry, 0)
 
 
 def _mean(values: Any) -> float:
@@ -360,7 +324,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, only: list[str] |
     for d, items in datasets:
         meta["datasets"][d.name] = {"n_images": len(items), "center_crop": d.center_crop,
                                     "crop_border": d.crop_border, "y_channel": d.y_channel,
-                                    "images": [it["id"] for it in items]}
+                                    "images": [it.name for it in items]}
         baselines[d.name] = input_records(items, d)
         records += baselines[d.name]
     for m in methods:
@@ -376,7 +340,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, only: list[str] |
                     r["method"] = f"input ({m.name})"
                 records += own
             records += bench_method(m.name, restorer, items, d, m.steps or cfg.steps, cfg.seed, m.sampler,
-                                    m.sample_kwargs, cfg.device, cfg.progress, m.color_fix)
+                                    m.sample_kwargs, cfg.progress, m.color_fix)
     paths = write_outputs(out, records, meta)
     return {"records": records, "summary": summarize(records), "paths": paths}
 
@@ -414,17 +378,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``bench`` on an argparse sub-parser set (``irdiff bench --config F``)."""
     p = subparsers.add_parser("bench", help="benchmark methods x datasets x step counts (JSON/CSV/PNG)")
     _arguments(p)
-    p.set_defaults(func=run)
     return p
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="benchmark YAML (see irdiff.bench)")
-    p.add_argument("--out", help="output folder (default: the config's `out`)")
-    p.add_argument("--only", help="comma-separated method names to run (others skipped)")
-    p.add_argument("--steps", help="comma-separated step counts, overriding the config's")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="combine these result folders into --out; no run")
-    p.add_argument("--no-progress", action="store_true")
+    from irdiff.cli import bench_arguments  # declared in the CLI, which must build its parser without torch
+
+    bench_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -441,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench_config(args.config)
     if args.no_progress:
         cfg.progress = False
+    if getattr(args, "threads", None):
+        cfg.threads = args.threads
     if args.steps:
         cfg.steps = [int(s) for s in args.steps.split(",")]
     only = [s.strip() for s in args.only.split(",")] if args.only else None

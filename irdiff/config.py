@@ -3,7 +3,8 @@
 A config file is YAML whose keys mirror the dataclasses below. Sections that select a registered
 class by name (``method``, ``net``, ``degradation``) are free-form mappings with a ``name`` key; their
 other keys are checked against that class's constructor, so a misspelt key is an error naming it.
-Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots).
+Strings may use ``${VAR}`` / ``${VAR:-default}`` to read environment variables (for data roots); an unset
+``${IRDIFF_DATA}`` is the data root of ``irdiff data fetch`` (``~/.cache/irdiff/data``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 class DataSpec:
     """One data stream. ``name`` picks the dataset class: paired | synthetic | unpaired | deadleaves."""
 
-    name: str = "synthetic"
+    name: str = "synthetic"  # which dataset: paired | synthetic | unpaired | deadleaves
     gt_dir: str | None = None  # clean images (paired, synthetic)
     lq_dir: str | None = None  # degraded images matched to gt by file stem (paired), or real images (unpaired)
     degradation: dict[str, Any] | None = None  # synthetic: {name: awgn, sigma: 25}
@@ -47,32 +48,34 @@ class DataSpec:
 
 @dataclass
 class DataConfig:
-    train: DataSpec = field(default_factory=DataSpec)
-    val: DataSpec | None = None
+    train: DataSpec = field(default_factory=DataSpec)  # the training pairs
+    val: DataSpec | None = None  # validation stream (None: no validation)
     real: DataSpec | None = None  # Noise-DA: unpaired real degraded images
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 0
+    # keys that older runs saved and that mean nothing now: accepted and ignored, so their model.json loads
+    __retired__: typing.ClassVar[tuple[str, ...]] = ("num_workers",)
+
+    steps: int = 1000  # optimisation steps of the whole run (may grow on resume)
+    batch_size: int = 8  # global batch, split across processes
+    lr: float = 2e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up from 0
     lr_schedule: str = "constant"  # constant | cosine
     min_lr_ratio: float = 0.1  # cosine floor
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # EMA of the weights (the exported, validated and sampled net)
     ema_start: int = 0  # EMA copies the weights until this step
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # clip the global gradient norm (None: off)
     mixed_precision: str = "no"  # no | bf16 | fp16
-    channels_last: bool = False
-    log_every: int = 50
+    channels_last: bool = False  # channels-last memory format (GPU convolutions)
+    log_every: int = 50  # log.jsonl / TensorBoard every N steps
     val_every: int = 0  # 0 = only at the end
-    ckpt_every: int = 500
-    keep_ckpts: int = 2
-    max_bad_steps: int = 20  # stop after this many non-finite losses in a row
-    num_workers: int = 0
+    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_ckpts: int = 2  # newest checkpoints kept (0: all)
+    max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss or gradient
     threads: int | None = None  # torch threads per process (None: torch's default)
     init_from: str | None = None  # start from these weights (bundled name, run or model folder); not on resume
     device: str = "auto"  # auto | cpu | cuda
@@ -83,20 +86,20 @@ class SampleConfig:
     steps: int | None = None  # None: the method's default
     sampler: str | None = None  # None: the method's default
     color_fix: str = "none"  # none | wavelet | adain: colour taken from the input after sampling (colorfix.py)
-    val_max_images: int = 4
-    val_save_images: int = 2
+    val_max_images: int = 4  # validation restores the first N items of data.val
+    val_save_images: int = 2  # and writes the first N restorations under val/step_N/
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    seed: int = 0
-    img_channels: int = 3
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "regression"})
-    net: dict[str, Any] = field(default_factory=lambda: {"name": "nafnet"})
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    name: str = "run"  # the run's name (default output folder runs/<name>)
+    seed: int = 0  # seeds the init, every training step, data items and validation sampling
+    img_channels: int = 3  # 3 (RGB) or 1 (grey)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "regression"})  # see the methods below
+    net: dict[str, Any] = field(default_factory=lambda: {"name": "nafnet"})  # see the nets below
+    data: DataConfig = field(default_factory=DataConfig)  # data streams
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, checkpoints, devices
+    sample: SampleConfig = field(default_factory=SampleConfig)  # sampling for validation and inference
 
 
 # ---- dict <-> dataclass ------------------------------------------------------------------------
@@ -163,6 +166,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if k not in getattr(cls, "__retired__", ())}
     for key in data:
         if key not in names:
             path = f"{where}.{key}" if where else key
@@ -174,8 +178,17 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
+def _env_default(name: str) -> str:
+    if name == "IRDIFF_DATA":  # unset: the folder `irdiff data fetch` downloads to
+        from irdiff.data.catalog import data_root
+
+        return str(data_root())
+    return ""
+
+
 def _expand_env(s: str) -> str:
-    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None else ""), s)
+    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None
+                                             else _env_default(m.group(1))), s)
 
 
 # ---- loading, overrides, validation -------------------------------------------------------------
@@ -245,6 +258,11 @@ def validate(cfg: Config) -> None:
             check_kwargs(reg.get(sec["name"]), {k: v for k, v in sec.items() if k != "name"}, section)
         except KeyError as e:
             raise ConfigError(str(e).strip("\"'")) from None
+        if section == "method":  # values the data section states are written once (Method.link_config)
+            try:
+                reg.get(sec["name"]).link_config(sec, cfg.data)
+            except ValueError as e:
+                raise ConfigError(f"method: {e}") from None
     t = cfg.train
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     from irdiff.colorfix import COLOR_FIXES

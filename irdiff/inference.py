@@ -23,6 +23,7 @@ output differs slightly from the whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from irdiff.checkpoint import CheckpointError, latest_checkpoint, load_state, lo
 from irdiff.colorfix import COLOR_FIXES
 from irdiff.colorfix import color_fix as _color_fix
 from irdiff.config import Config, from_dict
-from irdiff.methods.base import Method
+from irdiff.methods.base import Method, OptionError, SampleOptions, from_method_range, to_method_range
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 # LR pixels read beyond an SR tile so that per-tile bicubic upsampling equals the whole-image one
@@ -49,7 +50,8 @@ _WRITE_ROWS = 64
 _AUTO_WHOLE_PX = 1024 * 1024
 _AUTO_TILE = 512
 
-__all__ = ["PRETRAINED_DIR", "Restorer", "as_mask", "load", "pretrained_names", "resolve_model", "tile_grid"]
+__all__ = ["PRETRAINED_DIR", "Restorer", "as_mask", "check_sampling", "check_tiling", "load", "load_method",
+           "pretrained_names", "resolve_model", "tile_grid"]
 
 
 def pretrained_names() -> list[str]:
@@ -68,20 +70,52 @@ def resolve_model(name_or_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
         raise CheckpointError(f"{name_or_dir}: no such run directory or bundled model (bundled: {known})")
     if not p.is_dir():
         raise CheckpointError(f"{p}: not a directory (give a run directory or a bundled model name)")
-    if (p / "model.json").is_file() and (p / "model.safetensors").is_file():
-        try:
-            meta = json.loads((p / "model.json").read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p / 'model.json'}: invalid JSON ({e.msg})") from None
-        if not isinstance(meta, dict) or "config" not in meta:
-            raise CheckpointError(f"{p / 'model.json'}: has no 'config'")
-        return p / "model.safetensors", p, meta
+    if (p / "model.json").is_file():
+        meta = _read_model_json(p)
+        weights = _inside(p, meta.get("weights", "model.safetensors"), "weights")
+        if weights.is_file():
+            return weights, p, meta
+        if latest_checkpoint(p) is None:
+            raise CheckpointError(f"{weights}: missing (named by {p / 'model.json'})")
     ckpt = latest_checkpoint(p)
     if ckpt is None:
         raise CheckpointError(f"{p}: holds neither model.safetensors + model.json nor a checkpoint")
     state = load_state(ckpt)
     return ckpt / "ema.safetensors", p, {"config": state["config"], "step": state["step"],
                                          "metrics": state.get("metrics", {}), "from_checkpoint": True}
+
+
+# model.json's top-level keys: what export_inference, scripts/export_pretrained.py and the official
+# importer write. Anything else is refused: a misspelt or foreign key would otherwise be silently ignored.
+MODEL_JSON_KEYS = ("config", "step", "metrics", "irdiff", "torch", "name", "task", "train_metrics", "provenance",
+                   "source", "weights", "official")  # official: what `irdiff import` read and chose
+
+
+def _read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / "model.json"
+    try:
+        meta = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise CheckpointError(f"{path}: invalid JSON ({why})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: has no 'config' mapping")
+    unknown = sorted(k for k in meta if k not in MODEL_JSON_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key {unknown[0]!r} (allowed: {', '.join(MODEL_JSON_KEYS)})")
+    return meta
+
+
+def _inside(folder: Path, name: Any, key: str) -> Path:
+    """A file that model.json names: a relative path that stays inside the model folder (no '..', no
+    absolute path, no symlink leading out), so a downloaded model cannot make irdiff read elsewhere."""
+    where = folder / "model.json"
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{where}: {key} must be a file name, got {name!r}")
+    target = (folder / name).resolve()
+    if Path(name).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{where}: {key} {name!r} points outside the model folder {folder}")
+    return folder / name
 
 
 def model_scale(cfg: Config, method: Method | None = None) -> int:
@@ -96,6 +130,28 @@ def model_scale(cfg: Config, method: Method | None = None) -> int:
     if deg.get("name") == "bicubic_down":
         return int(deg.get("scale", 4))
     return 1
+
+
+def check_sampling(method: Method, steps: Any, sampler: str | None, **options: Any) -> SampleOptions:
+    """The sampling settings checked against the model before any work: the sampler is one of
+    ``method.samplers``, each option (None = not given) one of ``method.Options`` that applies to that
+    sampler, steps in 1..``method.max_steps(options)``. Raises OptionError naming the setting."""
+    if sampler is not None and sampler not in method.samplers:
+        raise OptionError("sampler", f"unknown sampler {sampler!r} for this model (its samplers: "
+                          f"{', '.join(method.samplers)})")
+    opts = method.sample_options(sampler, **options)
+    method.check_steps(steps, opts)
+    return opts
+
+
+def check_tiling(tile: int | None, overlap: int, tile_batch: int | None) -> None:
+    """Tiling settings in the user's terms (the net's multiple is applied later, never failing)."""
+    if overlap < 0:
+        raise OptionError("overlap", f"must be >= 0, got {overlap}")
+    if tile is not None and tile != 0 and tile <= 2 * overlap:
+        raise OptionError("tile", f"must be 0 (whole image) or > 2 x overlap = {2 * overlap}, got {tile}")
+    if tile_batch is not None and tile_batch < 1:
+        raise OptionError("tile_batch", f"must be >= 1, got {tile_batch}")
 
 
 # ---------------------------------------------------------------------------------------- tiling
@@ -222,23 +278,31 @@ class Restorer:
 
     # ---- public API ----------------------------------------------------------------------------
     def restore(self, image: Any, steps: int | None = None, tile: int | None = None, overlap: int = 32,
-                generator: torch.Generator | None = None, progress: bool = True, sampler: str | None = None,
+                generator: torch.Generator | None = None, progress: bool | Callable[[float], None] = True,
+                sampler: str | None = None,
                 tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None,
-                sample_kwargs: dict[str, Any] | None = None) -> Any:
+                eta: float | None = None, noise_sigma: float | None = None) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
-        steps/sampler: the method's sampling settings (default: the run's). tile: tile size in output
+        steps/sampler: the method's sampling settings (default: the run's); steps must lie in
+        1..``method.max_steps()`` (never clamped) and one-pass models take none. tile: tile size in output
         px, rounded down to the net's multiple (None: whole image up to 1024² output px, 512-px tiles
-        above; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
+        above, the CLI's default too; 0: always whole); overlap: px shared by neighbouring tiles (< tile / 2);
         tile_batch: tiles per forward pass (None: up to 512² px per pass on the CPU, where batching
         gains nothing and costs memory; 1024² on a GPU). generator: the sampling noise (diffusion methods).
+        progress: True for a tqdm bar on stderr, or a function called with the fraction done (0..1) after
+        every sampler step of every tile batch (a web page's progress bar).
         mask: the pixels to fill, for inpainting models (``needs_mask``): an HxW(xC) numpy / PIL image
         or an (C,)HxW tensor of the image's size; set (> half the dtype's range, any channel) = missing.
         color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
         run's ``sample.color_fix``; see ``irdiff.colorfix``). Not with a mask: it would alter known pixels.
-        sample_kwargs: extra arguments of the method's ``sample`` (e.g. ``eta``, or ``noise_sigma`` for
-        IR-SDE's Denoising-SDE variant).
+        eta, noise_sigma: the method's sampling options (``method.Options``: SR3, RDDM and IR-SDE's
+        posterior sampler take ``eta``; IR-SDE's Denoising-SDE variant ``noise_sigma``, the input's noise std
+        on the 0-255 scale); None: the model's value; one the model cannot use is an OptionError naming it.
         """
+        options = check_sampling(self.method, steps, sampler or self.cfg.sample.sampler, eta=eta,
+                                 noise_sigma=noise_sigma)
+        check_tiling(tile, overlap, tile_batch)
         if self.method.needs_mask and mask is None:
             raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
         if mask is not None and not self.method.needs_mask:
@@ -250,7 +314,7 @@ class Restorer:
             raise ValueError(f"unknown color_fix {kw['color_fix']!r}; known: {', '.join(COLOR_FIXES)}")
         if mask is not None and kw["color_fix"] != "none":
             raise ValueError("color_fix cannot be combined with a mask (it would change the known pixels)")
-        kw["sample_kwargs"] = dict(sample_kwargs or {})
+        kw["options"] = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
         if torch.is_tensor(image):
             return self._restore_torch(image, **kw)
         try:
@@ -319,9 +383,10 @@ class Restorer:
 
     # ---- the tiled engine ------------------------------------------------------------------------
     def _run(self, read: Callable, write: Callable, h: int, w: int, c: int, steps: int | None, tile: int | None,
-             overlap: int, generator: torch.Generator | None, progress: bool, sampler: str | None,
+             overlap: int, generator: torch.Generator | None, progress: bool | Callable[[float], None],
+             sampler: str | None,
              tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none",
-             sample_kwargs: dict[str, Any] | None = None) -> None:
+             options: dict[str, Any] | None = None) -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
@@ -338,7 +403,8 @@ class Restorer:
             if tile < 1:
                 raise ValueError(f"tile must be positive, got {tile}")
             m = self.multiple
-            tile = max(tile // m * m, -(-(overlap + m) // m) * m)  # aligned starts need tile - overlap >= m
+            # aligned starts need tile - overlap >= m; the blend needs overlap < tile / 2
+            tile = max(tile // m * m, -(-(overlap + m) // m) * m, (2 * overlap // m + 1) * m)
             if not 0 <= overlap < tile / 2:
                 raise ValueError(f"overlap {overlap} must be in [0, tile/2) for tile {tile}")
         ys, xs = _axis_tiles(H, tile, overlap, self.multiple), _axis_tiles(W, tile, overlap, self.multiple)
@@ -355,25 +421,30 @@ class Restorer:
         from tqdm import tqdm
 
         quick = len(boxes) == 1 and self.method.num_steps == 1  # one forward pass: no bar
-        bar = tqdm(total=len(boxes), disable=not progress or quick, desc="tiles" if len(boxes) > 1 else "restore",
-                   leave=False, unit="tile")
+        report = progress if callable(progress) else None
+        bar = tqdm(total=len(boxes), disable=report is not None or not progress or quick,
+                   desc="tiles" if len(boxes) > 1 else "restore", leave=False, unit="tile")
         acc = torch.zeros(c, 0, W)  # float32 rows [r0, r0 + filled) still receiving tiles
         r0, filled, done_tiles = 0, 0, 0
         try:
             for batch in _batches(boxes, ys, xs, tile_batch):
                 tiles = [self._read_tile(read, ys[i], xs[j], h, w) for i, j in batch]
 
-                def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch)) -> None:
+                def callback(i: int, n: int, x: torch.Tensor, k: int = len(batch), before: int = done_tiles) -> None:
                     bar.update(k / max(n, 1))
+                    if report is not None:
+                        report(min((before + k * (i + 1) / max(n, 1)) / len(boxes), 1.0))
 
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
                 outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes,
-                                   color_fix, sample_kwargs)
+                                   color_fix, options)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
                 bar.refresh()
+                if report is not None:  # also for samplers that skip their steps (IR-SDE below its first level)
+                    report(done_tiles / len(boxes))
                 filled = max([filled] + [ys[i][1] - r0 for i, _ in batch])
                 if filled > acc.shape[1]:  # grow (rarely: the buffer is reused strip after strip)
                     acc = torch.cat([acc, torch.zeros(c, filled - acc.shape[1], W)], dim=1)
@@ -410,7 +481,7 @@ class Restorer:
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
                generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None,
-               color_fix: str = "none", sample_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+               color_fix: str = "none", options: dict[str, Any] | None = None) -> torch.Tensor:
         """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
@@ -422,14 +493,14 @@ class Restorer:
             inp = x.reshape(b * colour, 1, *x.shape[-2:])
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
-        inp = inp.to(self.device) * 2 - 1
-        extra = dict(sample_kwargs or {})
+        inp = to_method_range(inp.to(self.device))
+        extra = dict(options or {})
         if mask is not None:
             extra["mask"] = mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
         out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
                                  callback=callback, **extra)
         out = _color_fix(color_fix, out, inp)
-        out = ((out.float() + 1) / 2).clamp_(0, 1).cpu()
+        out = from_method_range(out.float()).cpu()
         if colour == 1 and self.channels != 1:
             out = out.mean(dim=1, keepdim=True)
         elif self.channels == 1 and colour != 1:
@@ -495,16 +566,22 @@ def _batches(boxes: list[tuple[int, int]], ys: list, xs: list, size: int) -> Ite
         yield batch
 
 
+def load_method(name_or_dir: str | Path) -> tuple[Method, Config, dict[str, Any], Path]:
+    """(method, config, metadata, weights file) of a model, from its JSON alone: enough to check
+    sampling settings before the weights or any image are read."""
+    from irdiff.build import build_method
+
+    weights, _, meta = resolve_model(name_or_dir)
+    cfg = from_dict(Config, meta["config"])
+    return build_method(cfg), cfg, meta, weights
+
+
 def load(name_or_dir: str | Path, device: str = "cpu") -> Restorer:
     """Load a bundled model by name (``denoise``, ``sr4``), a training run directory or an export.
 
     Reads only JSON and safetensors. fp16 weights are cast to the net's float32 parameters.
     """
-    from irdiff.train import build_method
-
-    weights, _, meta = resolve_model(name_or_dir)
-    cfg = from_dict(Config, meta["config"])
-    method = build_method(cfg)
+    method, cfg, meta, weights = load_method(name_or_dir)
     # parameter init is overwritten by the weights: fork the global RNG so loading never moves it
     with torch.random.fork_rng(devices=[]):
         model = method.build_net(dict(cfg.net), cfg.img_channels)

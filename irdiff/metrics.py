@@ -136,8 +136,9 @@ def evaluate_folders(
     pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, crop_border: int = 0, y_channel: bool = False,
     niqe: bool = False,
 ) -> dict[str, Any]:
-    """PSNR/SSIM of every prediction against the ground truth with the same file stem; with ``niqe`` also
-    each prediction's NIQE (``irdiff.niqe``, no reference, lower = more natural; on the whole image).
+    """PSNR/SSIM of every prediction against the ground truth with the same file stem (or of one image
+    file against another); with ``niqe`` also each prediction's NIQE (``irdiff.niqe``, no reference,
+    lower = more natural; on the whole image).
 
     Returns ``{"psnr": mean, "ssim": mean, "count": n, "crop_border": .., "y_channel": ..,
     "per_image": {stem: {"psnr": .., "ssim": ..}}}``. Missing or extra files, duplicate stems and
@@ -155,7 +156,10 @@ def evaluate_folders(
             files[p.stem] = p
         return files
 
-    preds, gts = by_stem(pred_dir), by_stem(gt_dir)
+    if Path(pred_dir).is_file() and Path(gt_dir).is_file():  # two files: one pair, whatever their names
+        preds, gts = {Path(gt_dir).stem: Path(pred_dir)}, {Path(gt_dir).stem: Path(gt_dir)}
+    else:
+        preds, gts = by_stem(pred_dir), by_stem(gt_dir)
     missing = sorted(set(gts) - set(preds))
     extra = sorted(set(preds) - set(gts))
     if missing or extra:

@@ -1,4 +1,4 @@
-"""One trainer for every method: it calls only ``method.loss`` (DESIGN §5).
+"""One trainer for every method: it calls only ``method.loss``.
 
 accelerate handles the device (CPU, one GPU, N processes from the same config) and mixed precision.
 Every source of randomness is re-seeded from (seed, step, rank) at each step, and the batch of step k
@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,11 @@ import torch
 from torch import nn
 
 import irdiff
+from irdiff.build import (  # the construction (inference uses it without the trainer)
+    build_method,
+    build_model,
+    method_kwargs,
+)
 from irdiff.checkpoint import (
     latest_checkpoint,
     load_state,
@@ -27,13 +32,15 @@ from irdiff.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
+    save_tensors_atomic,
+    truncate_log,
     write_text_atomic,
 )
-from irdiff.colorfix import color_fix
 from irdiff.config import Config, ConfigError, dump_yaml, from_dict, to_dict
 from irdiff.data.datasets import BatchPlan, build_dataset, collate
-from irdiff.methods.base import Method
-from irdiff.registry import METHODS
+from irdiff.data.io import write_image
+from irdiff.evaluate import Item, dataset_items, evaluate, identity, with_method
+from irdiff.methods.base import Method, to_method_range
 
 
 class TrainingError(RuntimeError):
@@ -45,19 +52,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def build_method(cfg: Config) -> Method:
-    m = cfg.method
-    try:
-        return METHODS.build(m["name"], where="method", **{k: v for k, v in m.items() if k != "name"})
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"method: {e}") from None
-
-
-def build_model(cfg: Config, method: Method) -> nn.Module:
-    torch.manual_seed(cfg.seed)  # parameter init is part of the run's seed
-    return method.build_net(dict(cfg.net), cfg.img_channels)
-
-
 def lr_at(cfg: Config, step: int) -> float:
     t = cfg.train
     if t.warmup_steps and step < t.warmup_steps:
@@ -66,19 +60,6 @@ def lr_at(cfg: Config, step: int) -> float:
         p = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
         return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
     return t.lr
-
-
-def _to_method_range(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool
-                     ) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device, non_blocking=True)
-        if k != "mask":
-            v = v * 2 - 1  # data are in [0, 1]; methods work in [-1, 1]
-        if channels_last and v.dim() == 4:
-            v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
 
 
 class _Logger:
@@ -112,187 +93,284 @@ class _Logger:
             self.tb.close()
 
 
-@torch.no_grad()
-def validate(cfg: Config, method: Method, net: nn.Module, dataset: Any, device: torch.device,
-             step: int, run_dir: Path | None = None, logger: _Logger | None = None) -> dict[str, float]:
-    """Restore each validation image with the inference net and report mean PSNR/SSIM (RGB, 8-bit)."""
-    from irdiff.data.io import to_uint8, write_image
-    from irdiff.metrics import psnr, ssim
+def _model_batch(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool
+                 ) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        if k != "mask":
+            v = to_method_range(v)
+        if channels_last and v.dim() == 4:
+            v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
 
-    net.eval()
-    n = min(len(dataset), cfg.sample.val_max_images) if cfg.sample.val_max_images else len(dataset)
-    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_in": []}
-    for i in range(n):
-        item = dataset[(0, i)]
-        lq = method.degraded_input(item["gt"][None].to(device) * 2 - 1, item["lq"][None].to(device) * 2 - 1)
-        extra = {"mask": item["mask"][None].to(device)} if "mask" in item else {}
-        g = torch.Generator(device=device)
-        g.manual_seed(cfg.seed + i)
-        out = method.sample(net, lq, steps=cfg.sample.steps, sampler=cfg.sample.sampler, generator=g, **extra)
-        out = color_fix(cfg.sample.color_fix, out, lq)
-        restored = ((out[0].float().cpu() + 1) / 2).clamp(0, 1)
-        gt8, out8 = to_uint8(item["gt"]), to_uint8(restored)
-        scores["psnr"].append(psnr(out8, gt8))
-        scores["ssim"].append(ssim(out8, gt8))
-        scores["psnr_in"].append(psnr(to_uint8(((lq[0].float().cpu() + 1) / 2).clamp(0, 1)), gt8))
-        if i < cfg.sample.val_save_images:
-            if run_dir is not None:
-                write_image(run_dir / "val" / f"step_{step:08d}" / f"{dataset.name_of(i)}.png", restored)
+
+def _grads_finite(params: list[nn.Parameter]) -> torch.Tensor:
+    """1.0 when every gradient is finite (a 0-dim float tensor, reducible across processes)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.ones(())
+    return torch.stack([torch.isfinite(g).all() for g in grads]).all().float()
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step did: ``loss`` (None when skipped), the learning rate, the gradient norm."""
+
+    loss: float | None
+    lr: float
+    grad_norm: float | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.loss is None
+
+
+class Trainer:
+    """One training run: ``setup`` (data, method, model, EMA, optimiser), ``resume`` (the latest checkpoint),
+    ``step`` (one optimisation step, guarded against non-finite values), ``validate``, ``checkpoint`` and
+    ``export``; ``run`` loops over them. Every method is trained through ``method.loss`` alone.
+
+    Numerical guard: a step whose loss or any gradient is NaN / Inf, on any process, is skipped by every
+    process (no optimiser or EMA update, gradients dropped). Skips are counted (``bad_steps`` in the
+    checkpoint state and in log.jsonl); ``train.max_bad_steps`` skips in a row write a checkpoint of the
+    last good weights and stop the run with a one-line TrainingError.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, progress: bool = True):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.t0 = time.time()
+        self.start = 0  # the step the run starts (or resumes) at
+        self.bad_total = 0  # skipped steps over the whole run (kept across resumes)
+        self.bad_in_row = 0
+        self.last_metrics: dict[str, float] = {}
+        self.setup()
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from ema_pytorch import EMA
+
+        cfg, tc = self.cfg, self.cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        use_cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
+        self.accel = Accelerator(cpu=use_cpu, mixed_precision=tc.mixed_precision)
+        self.device, self.rank, self.world = self.accel.device, self.accel.process_index, self.accel.num_processes
+        self.main = self.accel.is_main_process
+
+        self.method = build_method(cfg)
+        self.train_set = build_dataset(cfg.data.train, cfg.seed, train=True)
+        self.real_set = build_dataset(cfg.data.real, cfg.seed + 1, train=True) if cfg.data.real else None
+        self.plan = BatchPlan(len(self.train_set), tc.batch_size, cfg.seed, self.rank, self.world)
+        self.real_plan = (BatchPlan(len(self.real_set), tc.batch_size, cfg.seed + 1, self.rank, self.world)
+                          if self.real_set else None)
+        self.val_items = dataset_items(cfg.data.val, cfg.seed, cfg.sample.val_max_images) if cfg.data.val else None
+
+        model = build_model(cfg, self.method)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.to(self.device)
+        if tc.init_from and latest_checkpoint(self.run_dir) is None:
+            _init_weights(model, self.method, tc.init_from)
+        self.ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
+                       include_online_model=False)
+        self.ema.to(self.device)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.model = model
+        self.gen = torch.Generator(device=self.device)
+
+    def resume(self) -> int:
+        """Load the latest checkpoint, if any (its config must match); returns the step to start at."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0
+        state = load_state(ckpt)
+        _check_resume_config(state.get("config", {}), to_dict(self.cfg), ckpt)
+        self.model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+        self.ema.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
+        self.opt.load_state_dict(optimizer_from_flat(load_tensors(ckpt / "optimizer.safetensors"),
+                                                     state["optimizer"]))
+        self.start, self.bad_total = state["step"], state.get("bad_steps", 0)
+        if self.main:
+            print(f"resuming from {ckpt} (step {self.start})")
+        return self.start
+
+    # ---- one step ------------------------------------------------------------------------------
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """Global batch ``step`` (this process's share), in the method's range, with the run's progress."""
+        batch = collate([self.train_set[k] for k in self.plan.keys(step)])
+        if self.real_plan is not None:
+            batch.update(collate([self.real_set[k] for k in self.real_plan.keys(step)]))
+        batch = _model_batch(batch, self.device, self.cfg.train.channels_last)
+        # where the run is, for schedules inside a loss (Noise-DA's ramp); other methods ignore it
+        n = next(iter(batch.values())).shape[0]
+        batch["progress"] = torch.full((n,), step / self.cfg.train.steps, device=self.device)
+        batch["total_steps"] = torch.full((n,), float(self.cfg.train.steps), device=self.device)
+        return batch
+
+    def step(self, step: int) -> StepResult:
+        """Optimisation step ``step`` (0-based); every generator is reseeded from (seed, step, rank) first."""
+        tc, accel = self.cfg.train, self.accel
+        seed = step_seed(self.cfg.seed, step, self.rank)
+        torch.manual_seed(seed)  # dropout and any op that uses the global generator
+        self.gen.manual_seed(seed)
+        batch = self.batch(step)
+        lr = lr_at(self.cfg, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with accel.autocast():
+            loss = self.method.loss(self.model, batch, generator=self.gen).float().mean()
+        # every process runs backward, finite loss or not: DDP all-reduces inside it, so a process that
+        # skipped it would leave the others waiting; a bad step's gradients are dropped below
+        accel.backward(loss)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if tc.mixed_precision == "fp16":
+            accel.unscale_gradients()
+        ok = torch.isfinite(loss.detach()).float().cpu() * _grads_finite(params).cpu()
+        if self.world > 1:  # the same decision on every process
+            ok = accel.reduce(ok.to(self.device), reduction="sum").cpu() / self.world
+        if float(ok) < 1:
+            self.opt.zero_grad(set_to_none=True)
+            if tc.mixed_precision == "fp16":  # the scaler lowers its scale (it skips the step itself)
+                self.opt.step()
+            return StepResult(None, lr)
+        grad_norm = None
+        if tc.grad_clip:  # (fp16: the gradients were unscaled above; accelerate's clip would unscale again)
+            clip = torch.nn.utils.clip_grad_norm_ if tc.mixed_precision == "fp16" else accel.clip_grad_norm_
+            grad_norm = float(clip(self.model.parameters(), tc.grad_clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update()
+        return StepResult(loss.item(), lr, grad_norm)
+
+    # ---- validation, checkpoints, export -------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, step: int, logger: _Logger | None = None) -> dict[str, float]:
+        """Restore the validation items with the EMA net (``irdiff.evaluate``): mean PSNR / SSIM on 8 bits,
+        and the input's PSNR; saves the first ``sample.val_save_images`` restorations."""
+        cfg, method, net = self.cfg, self.method, self.ema.ema_model
+        run_dir = self.run_dir
+
+        def save(i: int, item: Item, restored: torch.Tensor) -> None:
+            if i >= cfg.sample.val_save_images:
+                return
+            write_image(run_dir / "val" / f"step_{step:08d}" / f"{item.name}.png", restored)
             if logger is not None:
-                shown = ((lq[0].float().cpu() + 1) / 2).clamp(0, 1)
-                logger.images(step, f"val/{i}", torch.cat([shown, restored, item["gt"]], dim=-1))
-    net.train()
-    return {f"val/{k}": float(sum(v) / len(v)) for k, v in scores.items()}
+                shown = identity(method)(item, None)
+                logger.images(step, f"val/{i}", torch.cat([shown, restored, item.gt], dim=-1))
+
+        net.eval()
+        try:
+            restore = with_method(method, net, steps=cfg.sample.steps, sampler=cfg.sample.sampler,
+                                  color_fix=cfg.sample.color_fix, device=self.device)
+            res = evaluate(self.val_items, restore, seed=cfg.seed, device=self.device, input_of=identity(method),
+                           on_item=save)
+        finally:
+            net.train()
+        return {f"val/{k}": res.mean(k) for k in ("psnr", "ssim", "psnr_in")}
+
+    def checkpoint(self, step: int) -> Path:
+        unwrapped = self.accel.unwrap_model(self.model)
+        opt_tensors, opt_meta = optimizer_to_flat(self.opt.state_dict())
+        state = {"step": step, "config": to_dict(self.cfg), "optimizer": opt_meta, "bad_steps": self.bad_total,
+                 "rng": {"scheme": "every generator is reseeded from (seed, step, rank) each step",
+                         "seed": self.cfg.seed},
+                 "versions": {"irdiff": irdiff.__version__, "torch": torch.__version__},
+                 "metrics": self.last_metrics, "world_size": self.world,
+                 "distributed_type": str(self.accel.distributed_type)}
+        return save_checkpoint(self.run_dir, step, {"model": unwrapped.state_dict(), "ema": self.ema.state_dict(),
+                                                    "optimizer": opt_tensors}, state, keep=self.cfg.train.keep_ckpts)
+
+    def export(self, step: int) -> Path:
+        return export_inference(self.run_dir, self.cfg, self.method, self.ema.ema_model, step, self.last_metrics)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, tc, accel, main = self.cfg, self.cfg.train, self.accel, self.main
+        start = self.resume()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
+            truncate_log(self.run_dir / "log.jsonl", start)  # a killed run logged steps that are now redone
+            if self.world > 1:
+                print(f"distributed: {self.world} processes ({accel.distributed_type}), "
+                      f"{tc.batch_size // self.world} per process")
+        self.model, self.opt = accel.prepare(self.model, self.opt)
+        logger = _Logger(self.run_dir, main)
+        bar = tqdm(total=tc.steps, initial=start, disable=not (self.progress and main), desc=cfg.name,
+                   dynamic_ncols=True)
+        running, n_running, step = 0.0, 0, start
+        self.model.train()
+        try:
+            while step < tc.steps:
+                res = self.step(step)
+                step += 1
+                bar.update(1)
+                if res.skipped:
+                    self.bad_total += 1
+                    self.bad_in_row += 1
+                    if main:
+                        logger.scalars(step, {"bad_steps": self.bad_total, "lr": res.lr})
+                    if self.bad_in_row >= tc.max_bad_steps:
+                        self._stop(step, logger)
+                else:
+                    self.bad_in_row = 0
+                    running += res.loss
+                    n_running += 1
+                is_last = step == tc.steps
+                if main and (step % tc.log_every == 0 or is_last) and n_running and not res.skipped:
+                    values = {"loss": running / n_running, "lr": res.lr, "seconds": round(time.time() - self.t0, 2)}
+                    if res.grad_norm is not None:
+                        values["grad_norm"] = res.grad_norm
+                    if self.bad_total:
+                        values["bad_steps"] = self.bad_total
+                    logger.scalars(step, values)
+                    bar.set_postfix(loss=f"{running / n_running:.4f}")
+                    running, n_running = 0.0, 0
+                if self.val_items is not None and main and ((tc.val_every and step % tc.val_every == 0) or is_last):
+                    self.last_metrics = self.validate(step, logger)
+                    logger.scalars(step, self.last_metrics)
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items()))
+                if main and ((tc.ckpt_every and step % tc.ckpt_every == 0) or is_last):
+                    self.checkpoint(step)
+                accel.wait_for_everyone()
+            if main and (start < tc.steps or not (self.run_dir / "model.safetensors").exists()):
+                self.export(step)
+        finally:
+            bar.close()
+            logger.close()
+        accel.end_training()
+        return {"step": step, "metrics": self.last_metrics, "bad_steps": self.bad_total,
+                "seconds": time.time() - self.t0, "run_dir": str(self.run_dir)}
+
+    def _stop(self, step: int, logger: _Logger) -> None:
+        """Too many bad steps in a row: keep the last good weights (a checkpoint at this step) and stop."""
+        ckpt = self.checkpoint(step) if self.main else None
+        self.accel.wait_for_everyone()
+        first = step - self.bad_in_row + 1
+        raise TrainingError(f"train: {self.bad_in_row} steps in a row (steps {first}..{step}) had a non-finite "
+                            f"loss or gradient (train.max_bad_steps = {self.cfg.train.max_bad_steps}); stopped. "
+                            f"The weights from before them are in {ckpt or self.run_dir / 'checkpoints'}")
+
+
+def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (resuming from its latest checkpoint); returns a summary."""
+    return Trainer(cfg, run_dir, progress).run()
 
 
 def export_inference(run_dir: Path, cfg: Config, method: Method, ema_model: nn.Module, step: int,
                      metrics: dict[str, float]) -> Path:
     """Write run_dir/model.safetensors + model.json: the inference net (EMA weights) and what rebuilds it."""
-    from safetensors.torch import save_file
-
     net = method.inference_net(ema_model)
-    tmp = run_dir / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / "model.safetensors")
+    save_tensors_atomic(run_dir / "model.safetensors", net.state_dict())
     meta = {"config": to_dict(cfg), "step": step, "metrics": metrics, "irdiff": irdiff.__version__,
             "torch": torch.__version__}
     write_text_atomic(run_dir / "model.json", json.dumps(meta, indent=1))
     return run_dir / "model.safetensors"
-
-
-def train(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from ema_pytorch import EMA
-    from tqdm import tqdm
-
-    t0 = time.time()
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    use_cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
-    accel = Accelerator(cpu=use_cpu, mixed_precision=tc.mixed_precision)
-    device, rank, world = accel.device, accel.process_index, accel.num_processes
-    main = accel.is_main_process
-
-    method = build_method(cfg)
-    train_set = build_dataset(cfg.data.train, cfg.seed, train=True)
-    real_set = build_dataset(cfg.data.real, cfg.seed + 1, train=True) if cfg.data.real else None
-    val_set = build_dataset(cfg.data.val, cfg.seed, train=False) if cfg.data.val else None
-    plan = BatchPlan(len(train_set), tc.batch_size, cfg.seed, rank, world)
-    real_plan = BatchPlan(len(real_set), tc.batch_size, cfg.seed + 1, rank, world) if real_set else None
-
-    model = build_model(cfg, method)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.to(device)
-    if tc.init_from and latest_checkpoint(run_dir) is None:
-        _init_weights(model, method, tc.init_from)
-    ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
-              include_online_model=False)
-    ema.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-
-    start, bad_in_row, bad_total = 0, 0, 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        state = load_state(ckpt)
-        _check_resume_config(state.get("config", {}), to_dict(cfg), ckpt)
-        model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
-        ema.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
-        opt.load_state_dict(optimizer_from_flat(load_tensors(ckpt / "optimizer.safetensors"), state["optimizer"]))
-        start, bad_total = state["step"], state.get("bad_steps", 0)
-        if main:
-            print(f"resuming from {ckpt} (step {start})")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        if world > 1:
-            print(f"distributed: {world} processes ({accel.distributed_type}), {tc.batch_size // world} per process")
-
-    model, opt = accel.prepare(model, opt)
-    logger = _Logger(run_dir, main)
-    bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), desc=cfg.name, dynamic_ncols=True)
-    gen = torch.Generator(device=device)
-    running, n_running, last_metrics = 0.0, 0, {}
-    step = start
-
-    def checkpoint(step: int) -> None:
-        unwrapped = accel.unwrap_model(model)
-        opt_tensors, opt_meta = optimizer_to_flat(opt.state_dict())
-        state = {"step": step, "config": to_dict(cfg), "optimizer": opt_meta, "bad_steps": bad_total,
-                 "rng": {"scheme": "every generator is reseeded from (seed, step, rank) each step",
-                         "seed": cfg.seed},
-                 "versions": {"irdiff": irdiff.__version__, "torch": torch.__version__}, "metrics": last_metrics,
-                 "world_size": world, "distributed_type": str(accel.distributed_type)}
-        save_checkpoint(run_dir, step, {"model": unwrapped.state_dict(), "ema": ema.state_dict(),
-                                        "optimizer": opt_tensors}, state, keep=tc.keep_ckpts)
-
-    model.train()
-    while step < tc.steps:
-        seed = step_seed(cfg.seed, step, rank)
-        torch.manual_seed(seed)  # dropout and any op that uses the global generator
-        gen.manual_seed(seed)
-        batch = collate([train_set[k] for k in plan.keys(step)])
-        if real_plan is not None:
-            batch.update(collate([real_set[k] for k in real_plan.keys(step)]))
-        batch = _to_method_range(batch, device, tc.channels_last)
-        lr = lr_at(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        # where the run is, for schedules inside a loss (Noise-DA's ramp); other methods ignore it
-        n = next(iter(batch.values())).shape[0]
-        batch["progress"] = torch.full((n,), step / tc.steps, device=device)
-        batch["total_steps"] = torch.full((n,), float(tc.steps), device=device)
-        with accel.autocast():
-            loss = method.loss(model, batch, generator=gen).float().mean()
-        finite = torch.isfinite(loss.detach()).float()
-        if world > 1:
-            finite = accel.reduce(finite, reduction="sum") / world
-        if finite.item() < 1:
-            bad_in_row += 1
-            bad_total += 1
-            opt.zero_grad(set_to_none=True)
-            if bad_in_row >= tc.max_bad_steps:
-                raise TrainingError(f"{bad_in_row} non-finite losses in a row at step {step}; stopping")
-            step += 1
-            bar.update(1)
-            continue
-        bad_in_row = 0
-        accel.backward(loss)
-        grad_norm = None
-        if tc.grad_clip:
-            grad_norm = accel.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update()
-        step += 1
-        bar.update(1)
-        running += loss.item()
-        n_running += 1
-        if main and (step % tc.log_every == 0 or step == tc.steps):
-            values = {"loss": running / n_running, "lr": lr, "seconds": round(time.time() - t0, 2)}
-            if grad_norm is not None:
-                values["grad_norm"] = float(grad_norm)
-            logger.scalars(step, values)
-            bar.set_postfix(loss=f"{running / n_running:.4f}")
-            running, n_running = 0.0, 0
-        is_last = step == tc.steps
-        if val_set is not None and main and ((tc.val_every and step % tc.val_every == 0) or is_last):
-            last_metrics = validate(cfg, method, ema.ema_model, val_set, device, step, run_dir, logger)
-            logger.scalars(step, last_metrics)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
-        if main and ((tc.ckpt_every and step % tc.ckpt_every == 0) or is_last):
-            checkpoint(step)
-        accel.wait_for_everyone()
-    bar.close()
-    if main:
-        if start < tc.steps or not (run_dir / "model.safetensors").exists():
-            export_inference(run_dir, cfg, method, ema.ema_model, step, last_metrics)
-    logger.close()
-    accel.end_training()
-    return {"step": step, "metrics": last_metrics, "bad_steps": bad_total, "seconds": time.time() - t0,
-            "run_dir": str(run_dir)}
 
 
 def _init_weights(model: nn.Module, method: Method, source: str) -> None:
@@ -329,15 +407,15 @@ def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], ckpt: P
         saved = to_dict(from_dict(Config, saved))
     except (ConfigError, TypeError, ValueError):
         pass
+    for side in (saved, current):  # keys an older config spelled differently (loss_type: 1 = l1...)
+        if isinstance(side.get("method"), dict) and "name" in side["method"]:
+            side["method"] = {"name": side["method"]["name"], **method_kwargs(side["method"])}
     a, b = flat(saved), flat(current)
     allowed = {"name", "train.steps", "train.val_every", "train.ckpt_every", "train.log_every", "train.keep_ckpts",
-               "train.num_workers", "train.threads", "sample.val_max_images", "sample.val_save_images",
-               "sample.steps", "sample.sampler", "sample.color_fix"}
+               "train.num_workers", "train.threads", "train.max_bad_steps", "sample.val_max_images",
+               "sample.val_save_images", "sample.steps", "sample.sampler", "sample.color_fix"}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
     if diff:
         raise ConfigError(f"{ckpt}: the run was started with a different config (differs in {', '.join(diff)});"
                           " use another --out directory")
 
-
-def with_overrides(cfg: Config, **train_kwargs: Any) -> Config:
-    return replace(cfg, train=replace(cfg.train, **train_kwargs))

@@ -6,9 +6,11 @@ Copies the run's inference weights (the EMA net, as ``export_inference`` writes 
 inference needs) into irdiff/pretrained/NAME/model.safetensors, evaluates them and writes
 model.json (config, step, metrics, provenance) and card.md.
 
-- denoise: CBSD68 and Kodak24 at sigma = 15 / 25 / 50 (0-255 scale); Gaussian noise added in float to
-  the 8-bit clean image with a fixed seed per (set, sigma, image), not clipped; PSNR / SSIM on RGB of
-  the 8-bit-rounded output (BasicSR conventions), as the published tables (DESIGN §7).
+Images, seeds and scores come from ``irdiff.evaluate`` (the path of every number irdiff reports):
+
+- denoise: CBSD68 and Kodak24 at sigma = 15 / 25 / 50 (0-255 scale); Gaussian noise (``awgn``) added in
+  float to the 8-bit clean image, image i with the generator ``item_generator(0, 0, i)``, not clipped;
+  PSNR / SSIM on RGB of the 8-bit-rounded output (BasicSR conventions), as the published tables.
 - sr4: Set5 and Set14; HR mod-cropped to 4, LR = MATLAB bicubic / 4 rounded to 8 bits (as a saved LR
   PNG); PSNR / SSIM on the Y channel with a 4-px border cropped; bicubic upsampling alongside.
 
@@ -31,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ DEFAULT_DATA = Path(os.environ.get("IRDIFF_DATA", REPO.parent / "shared" / "data
 SIGMAS = (15, 25, 50)
 DENOISE_SETS = ("CBSD68", "Kodak24")
 SR_SETS = ("Set5", "Set14")
-# Published numbers for context (DESIGN §7): RGB PSNR, colour AWGN; Y PSNR, bicubic x4.
+# Published numbers for context: RGB PSNR, colour AWGN; Y PSNR, bicubic x4.
 PUBLISHED = {
     "denoise": {"CBSD68": {"CBM3D": (33.52, 30.71, 27.38), "CDnCNN": (33.90, 31.24, 27.95),
                            "DRUNet": (34.30, 31.69, 28.51)},
@@ -50,64 +51,40 @@ PUBLISHED = {
 }
 
 
-def noise_seed(set_name: str, sigma: int, index: int) -> int:
-    return 1000003 * sum(map(ord, set_name)) + 1009 * sigma + index
-
-
-def _images(folder: Path, max_images: int | None) -> list[Path]:
-    from irdiff.data.io import list_images
-
-    files = list_images(folder)
-    return files[:max_images] if max_images else files
+EVAL_SEED = 0  # irdiff.evaluate's seeds: image i of a set is degraded with item_generator(EVAL_SEED, 0, i)
 
 
 def eval_denoise(restorer: Any, data: Path, max_images: int | None, tile: int | None) -> dict[str, Any]:
-    from irdiff.data.io import read_image, to_uint8
-    from irdiff.metrics import psnr, ssim
+    from irdiff.evaluate import degraded_items, evaluate, with_restorer
 
     out: dict[str, Any] = {}
     for set_name in DENOISE_SETS:
-        files = _images(data / set_name, max_images)
         res = {}
         for sigma in SIGMAS:
-            p, s, p_in = [], [], []
-            for i, f in enumerate(files):
-                gt = read_image(f)
-                g = torch.Generator().manual_seed(noise_seed(set_name, sigma, i))
-                noisy = gt + sigma / 255.0 * torch.randn(gt.shape, generator=g)
-                restored = restorer.restore_tensor(noisy, tile=tile)
-                gt8, out8 = to_uint8(gt), to_uint8(restored)
-                p.append(psnr(out8, gt8))
-                s.append(ssim(out8, gt8))
-                p_in.append(psnr(to_uint8(noisy), gt8))
-            res[f"sigma{sigma}"] = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)),
-                                    "psnr_noisy": float(np.mean(p_in)), "images": len(files)}
+            items = degraded_items(data / set_name, {"name": "awgn", "sigma": sigma}, EVAL_SEED,
+                                   max_images=max_images)
+            r = evaluate(items, with_restorer(restorer, tile=tile), seed=EVAL_SEED)
+            res[f"sigma{sigma}"] = {"psnr": r.mean("psnr"), "ssim": r.mean("ssim"),
+                                    "psnr_noisy": r.mean("psnr_in"), "images": len(items)}
         out[set_name] = res
     return out
 
 
 def eval_sr4(restorer: Any, data: Path, max_images: int | None, tile: int | None) -> dict[str, Any]:
-    from irdiff.data.io import read_image, to_uint8
-    from irdiff.data.resize import imresize, mod_crop
-    from irdiff.metrics import psnr, ssim
+    from irdiff.data.resize import imresize
+    from irdiff.evaluate import degraded_items, evaluate, with_restorer
 
     if restorer.scale != 4:
         raise SystemExit(f"--eval sr4 needs a x4 model; this one has scale {restorer.scale}")
     out: dict[str, Any] = {}
+    lr_x4 = {"name": "bicubic_down", "scale": 4, "quantize": True}  # as a saved 8-bit LR PNG
     for set_name in SR_SETS:
-        files = _images(data / set_name, max_images)
-        rows: dict[str, list[float]] = {"psnr_y": [], "ssim_y": [], "bicubic_psnr_y": [], "bicubic_ssim_y": []}
-        for f in files:
-            hr = mod_crop(read_image(f), 4)  # grey (Set14 bridge) is replicated to RGB
-            lr = torch.round(imresize(hr, scale=1 / 4).clamp(0, 1) * 255) / 255
-            sr = restorer.restore_tensor(lr, tile=tile)
-            bic = imresize(lr, scale=4).clamp(0, 1)
-            hr8 = to_uint8(hr)
-            for prefix, img in (("", sr), ("bicubic_", bic)):
-                img8 = to_uint8(img)
-                rows[f"{prefix}psnr_y"].append(psnr(img8, hr8, crop_border=4, y_channel=True))
-                rows[f"{prefix}ssim_y"].append(ssim(img8, hr8, crop_border=4, y_channel=True))
-        out[set_name] = {k: float(np.mean(v)) for k, v in rows.items()} | {"images": len(files)}
+        items = degraded_items(data / set_name, lr_x4, EVAL_SEED, max_images=max_images, mod=4)
+        y4 = {"seed": EVAL_SEED, "crop_border": 4, "y_channel": True}
+        sr = evaluate(items, with_restorer(restorer, tile=tile), **y4)
+        bic = evaluate(items, lambda item, g: imresize(item.lq, scale=4).clamp(0, 1), **y4)
+        out[set_name] = {"psnr_y": sr.mean("psnr"), "ssim_y": sr.mean("ssim"), "bicubic_psnr_y": bic.mean("psnr"),
+                         "bicubic_ssim_y": bic.mean("ssim"), "images": len(items)}
     return out
 
 
@@ -187,7 +164,8 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
     lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",
-              "Test images are research benchmarks (see ../shared/data READMEs); none is shipped with the model.", ""]
+              f"Test images are research benchmarks ({', '.join(metrics)}: sources, terms and checksums in "
+              "`irdiff data list`; `irdiff data fetch NAME` downloads them); none is shipped with the model.", ""]
     return "\n".join(lines)
 
 
@@ -204,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     command = "python scripts/export_pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from irdiff import __version__
+    from irdiff.checkpoint import write_bytes_atomic, write_text_atomic
     from irdiff.inference import load, resolve_model
 
     sets = DENOISE_SETS if args.eval == "denoise" else SR_SETS
@@ -242,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                      "metrics": metrics, "provenance": prov})
     args.dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=args.dest, prefix=f".{args.name}."))
-    try:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "irdiff": __version__})
-        (tmp / "model.json").write_text(json.dumps(meta_out, indent=1) + "\n")
-        (tmp / "card.md").write_text(card(args.name, meta, args.eval, metrics, prov))
-        final = args.dest / args.name
+    final, old = args.dest / args.name, args.dest / f".{args.name}.old"
+    try:  # a complete folder (each file fsynced) is swapped in: the bundle is the old one or the new one
+        write_bytes_atomic(tmp / "model.safetensors", save(state, metadata={"format": "pt", "irdiff": __version__}))
+        write_text_atomic(tmp / "model.json", json.dumps(meta_out, indent=1) + "\n")
+        write_text_atomic(tmp / "card.md", card(args.name, meta, args.eval, metrics, prov))
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

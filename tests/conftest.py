@@ -6,14 +6,18 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-SHARED_DATA = Path(os.environ.get("IRDIFF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# The configs read ${IRDIFF_DATA}; on a machine with the repository's sibling data folder the tests use it.
+_SIBLING_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "IRDIFF_DATA" not in os.environ and _SIBLING_DATA.is_dir():
+    os.environ["IRDIFF_DATA"] = str(_SIBLING_DATA)
+SHARED_DATA = Path(os.environ.get("IRDIFF_DATA", _SIBLING_DATA))
 
 
 def shared_data(name: str) -> Path:
-    """A folder of ../shared/data, or skip the test with a clear message when it is absent."""
+    """A data set folder under $IRDIFF_DATA, or skip the test with a clear message when it is absent."""
     p = SHARED_DATA / name
     if not p.is_dir():
-        pytest.skip(f"benchmark data {p} is absent (set IRDIFF_DATA to the shared data folder)")
+        pytest.skip(f"benchmark data {p} is absent (`irdiff data fetch {name}`, or set IRDIFF_DATA)")
     return p
 
 

@@ -99,8 +99,8 @@ def test_bench_center_crop_and_images_are_fixed(image_folder):
                          data=DataSpec(name="synthetic", gt_dir=str(image_folder), patch_size=None,
                                        degradation={"name": "awgn", "sigma": 25}))
     a, b = load_images(entry, seed=0), load_images(entry, seed=0)
-    assert len(a) == 6 and a[0]["gt"].shape == (3, 20, 20) and a[0]["lq"].shape == (3, 20, 20)
-    assert all(torch.equal(x["lq"], y["lq"]) for x, y in zip(a, b))
+    assert len(a) == 6 and a[0].gt.shape == (3, 20, 20) and a[0].lq.shape == (3, 20, 20)
+    assert all(torch.equal(x.lq, y.lq) for x, y in zip(a, b))
     entry.center_crop = 64
     with pytest.raises(ValueError, match="center_crop"):
         load_images(entry, seed=0)
@@ -130,7 +130,7 @@ def test_add_parser_registers_bench_subcommand():
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
     args = parser.parse_args(["bench", "--config", "b.yaml", "--only", "sr3,rddm", "--steps", "1,10"])
-    assert args.command == "bench" and args.config == "b.yaml" and args.func is run
+    assert args.command == "bench" and args.config == "b.yaml" and args.only == "sr3,rddm" and args.steps == "1,10"
     assert run(parser.parse_args(["bench"])) == 2  # neither --config nor --merge
 
 

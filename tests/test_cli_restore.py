@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def test_one_file_to_a_file_matches_the_api(run, tmp_path, capsys):
     assert (tmp_path / "dir" / "a.png").is_file()  # OUT without an extension is a directory
 
 
-def test_files_folders_globs_to_a_directory_with_tiles_and_progress(run, images, tmp_path, capsys):
+def test_files_folders_globs_to_a_directory_with_tiles_and_progress(run, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars are for terminals only
     extra = tmp_path / "extra"
     extra.mkdir()
     Image.fromarray(rgb(seed=2)).save(extra / "x.jpg")
@@ -173,9 +175,10 @@ def test_usage_errors_exit_2_with_one_line(run, tmp_path, capsys):
     Image.fromarray(rgb()).save(src)
     assert main(["restore", str(src), "-o", str(tmp_path / "out.txt"), "--model", str(run)]) == 2
     assert main(["restore", str(src), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("irdiff: error:") for line in err)
-    assert "nope" in err[1]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 2 and all(line.startswith("irdiff restore: error: argument ") for line in errors)
+    assert "-o/--out" in errors[0] and "image extension" in errors[0]
+    assert "--model" in errors[1] and "nope" in errors[1]
 
 
 def test_sr_model_restores_at_4x(sr_run, tmp_path):
@@ -195,7 +198,7 @@ def test_info_prints_summary_card_and_list(run, tmp_path, capsys):
         (tmp_path / "m" / f).write_bytes((run / f).read_bytes())
     (tmp_path / "m" / "card.md").write_text("# my card\n")
     assert main(["info", str(tmp_path / "m")]) == 0
-    assert capsys.readouterr().out == "# my card\n"
+    assert capsys.readouterr().out == "# my card\nirdiff restore: it takes no sampling option (a one-pass model)\n"
     assert main(["info"]) == 0
     assert capsys.readouterr().out.startswith("bundled models:")
     assert main(["info", str(tmp_path / "nope")]) == 2

@@ -269,26 +269,6 @@ def test_algorithm2_on_interp_averages_restorer_errors():
         torch.testing.assert_close(naive, x0 + err[idx[-2]], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("sampler", ["improved", "naive"])
-def test_callback_steps_and_determinism(sampler):
-    m = make("blur")
-    x = image(dtype=torch.float32)
-    calls = []
-    a = m.sample(Tiny(), x, steps=4, sampler=sampler, callback=lambda i, n, s: calls.append((i, n)))
-    assert calls == [(i, 4) for i in range(4)]
-    b = m.sample(Tiny(), x, steps=4, sampler=sampler, generator=gen(1))
-    assert torch.equal(a, b)
-    assert m.sample(Tiny(), x, steps=None, sampler=sampler).shape == x.shape
-    calls.clear()
-    m.sample(Tiny(), x, steps=100, sampler=sampler, callback=lambda i, n, s: calls.append(n))
-    assert calls == [m.num_steps] * m.num_steps  # more steps than T are capped at T
-    m.sample(Tiny(), x, steps=2, mask=torch.ones(2, 1, 16, 16))  # mask accepted, unused
-    with pytest.raises(TypeError):
-        m.sample(Tiny(), x, steps=2, bogus=1)
-    with pytest.raises(ValueError):
-        m.sample(Tiny(), x, sampler="ddim")
-
-
 def test_pixelate_restorer_takes_lr_images_and_upsamples_them_nearest():
     """Cold pixelate T = 2 is x4 SR: the Restorer has scale 4 and feeds D(x0, T)'s look (nearest-upsampled LR).
     With R(x) = x every pixelated state is a fixed point of Alg. 2, so the output is exactly that input."""

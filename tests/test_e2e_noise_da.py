@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,32 +49,20 @@ def _train(config: str, data_dir: Path, out: Path):
 @pytest.mark.slow
 def test_noise_da_tiny_run_against_synthetic_only(tmp_path):
     import irdiff
-    from irdiff.data.degradations import build_degradation
-    from irdiff.data.io import list_images, read_image, to_uint8
-    from irdiff.metrics import psnr
+    from irdiff.evaluate import degraded_items, evaluate, identity, with_restorer
 
     shared_data("BSDS500-train400")
     data_dir = shared_data("CBSD68").parent
     configs = {"syn_only": "regression_syn.yaml", "noise_da": "noise_da.yaml"}
     runs = {name: _train(cfg, data_dir, tmp_path / name) for name, cfg in configs.items()}
 
-    degrade = build_degradation(REAL)
-    tests = []
-    for i, path in enumerate(list_images(data_dir / "CBSD68")[::8]):
-        clean = read_image(path)
-        h, w = clean.shape[1:]
-        clean = clean[:, h // 2 - 64: h // 2 + 64, w // 2 - 64: w // 2 + 64]
-        lq = degrade(clean, torch.Generator().manual_seed(30_000 + i))
-        tests.append((clean, lq[0] if isinstance(lq, tuple) else lq))
-
-    def score(restore):
-        return sum(psnr(to_uint8(restore(lq)), to_uint8(clean)) for clean, lq in tests) / len(tests)
-
-    outs, scores = {}, {"input": score(lambda x: x)}
+    # every 8th CBSD68 image, its central 128² crop, degraded with the real-domain model (irdiff.evaluate)
+    tests = degraded_items(data_dir / "CBSD68", REAL, seed=30_000, every=8, center_crop=128)
+    outs, scores = {}, {"input": evaluate(tests, identity()).mean("psnr")}
     for name in runs:
         r = irdiff.load(tmp_path / name)
-        outs[name] = [r.restore(lq, progress=False) for _, lq in tests]
-        scores[name] = score(lambda x, r=r: r.restore(x, progress=False))
+        outs[name] = [r.restore(item.lq, progress=False) for item in tests]
+        scores[name] = evaluate(tests, with_restorer(r)).mean("psnr")
     print(f"\n[e2e noise-da] {STEPS} steps; real-domain PSNR on 8 CBSD68 128² crops: input {scores['input']:.2f}, "
           f"synthetic only {scores['syn_only']:.2f} ({runs['syn_only']['seconds']:.0f} s), "
           f"Noise-DA {scores['noise_da']:.2f} ({runs['noise_da']['seconds']:.0f} s), "

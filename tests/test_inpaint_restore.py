@@ -79,6 +79,7 @@ def test_cli_restore_with_mask(tmp_path, monkeypatch):
     (tmp_path / "masks").mkdir()
     Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
     monkeypatch.setattr("irdiff.inference.load", lambda *a, **k: _restorer())
+    monkeypatch.setattr("irdiff.inference.load_method", lambda *a, **k: (_restorer().method, _restorer().cfg, {}, None))
     out = tmp_path / "out.png"
     assert cli.main(["restore", str(tmp_path / "a.png"), "-o", str(out), "--mask", str(tmp_path / "masks"),
                      "--no-progress"]) == 0
@@ -124,6 +125,7 @@ def test_cli_never_overwrites_masks_and_checks_noise_sigma(tmp_path, monkeypatch
     Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
     before = (tmp_path / "masks" / "a.png").read_bytes()
     monkeypatch.setattr("irdiff.inference.load", lambda *a, **k: _restorer())
+    monkeypatch.setattr("irdiff.inference.load_method", lambda *a, **k: (_restorer().method, _restorer().cfg, {}, None))
     code = cli.main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "masks"), "--mask", str(tmp_path / "masks"),
                      "--no-progress"])
     assert code != 0 and (tmp_path / "masks" / "a.png").read_bytes() == before

@@ -99,13 +99,35 @@ def test_marginal_matches_step_chain():
     assert abs(x.mean().item() - cin) < 5 * m.beta_bar[T] / math.sqrt(n)
 
 
-def test_eta_one_is_the_posterior_variance():
-    m = RDDM()
-    t = np.arange(2, T + 1)
-    b2, b2_prev = m.beta_bar[t] ** 2, m.beta_bar[t - 1] ** 2
-    ddim = (b2 - b2_prev) * b2_prev / b2  # σ² at η = 1 on consecutive steps
-    beta2 = np.diff(m.beta_bar**2)[t - 1]
-    np.testing.assert_allclose(ddim, beta2 * b2_prev / b2, rtol=1e-10)
+def test_eta_one_step_draws_from_the_posterior_of_the_simulated_chain():
+    """η = 1, one step t → t−1 with an oracle: I_{t−1} ~ q(I_{t−1} | I_t, I_0). That posterior is measured
+    from the forward chain I_k = I_{k−1} + α_k I_res + β_k ε simulated step by step (Gaussian, so the
+    least-squares line of I_{t−1} on I_t gives its mean and the residual variance its variance)."""
+    Tn, t, n = 50, 20, 400_000
+    m = RDDM(num_steps=Tn, sum_scale=0.5, eta=1.0, clip_x0=False)
+    alphas, betas = np.diff(m.alpha_bar), np.sqrt(np.diff(m.beta_bar**2))
+    g = torch.Generator().manual_seed(7)
+    x0, cin = 0.3, -0.8
+    x = torch.full((n,), x0, dtype=torch.float64)
+    for k in range(1, t + 1):
+        prev = x
+        x = x + alphas[k - 1] * (cin - x0) + betas[k - 1] * torch.randn(n, generator=g, dtype=torch.float64)
+    slope = torch.cov(torch.stack([prev, x]))[0, 1] / x.var()
+    intercept = prev.mean() - slope * x.mean()
+    resid_var = (prev - intercept - slope * x).var().item()
+
+    value = float(x.mean() + x.std())  # condition on one I_t, a std above its mean
+    shape = (n, 1, 1, 1)
+    truth = torch.full(shape, x0, dtype=torch.float64)
+    seen = {}
+    ddim = SAMPLERS["ddim"]
+    x_t, cond = torch.full(shape, value, dtype=torch.float64), torch.full(shape, cin, dtype=torch.float64)
+    ddim(m, oracle(m, truth), x_t, cond, [t, t - 1, 0], torch.Generator().manual_seed(8),
+         lambda i, k, out: seen.setdefault(i, out.flatten()))
+    step = seen[0]
+    sd = math.sqrt(resid_var)
+    assert abs(step.mean().item() - (intercept + slope * value).item()) < 5 * sd / math.sqrt(n) + 1e-3 * sd
+    assert step.var().item() == pytest.approx(resid_var, rel=0.02)
 
 
 @pytest.mark.parametrize("mode", ["res_noise", "res", "noise"])
@@ -159,18 +181,3 @@ def test_losses(mode):
         b = m.loss(net, fb, generator=torch.Generator().manual_seed(1))
         assert a.shape == (3,) and torch.equal(a, b) and torch.all(a > 0)
         a.mean().backward()
-
-
-def test_sample_seeded_and_callback():
-    torch.manual_seed(0)
-    m = RDDM(eta=0.5)
-    net = TinyNet()
-    x0, cond = (v.float() for v in images(9))
-    calls = []
-    s1 = m.sample(net, cond, generator=torch.Generator().manual_seed(2),
-                  callback=lambda i, n, x: calls.append(n))
-    s2 = m.sample(net, cond, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(s1, s2) and s1.shape == cond.shape and s1.abs().max() <= 1
-    assert calls == [10] * 10
-    with pytest.raises(ValueError):
-        m.sample(net, cond, sampler="ancestral")

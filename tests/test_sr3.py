@@ -294,24 +294,6 @@ def test_ddpm_full_schedule_uses_training_betas():
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_callback_and_reproducibility(sampler):
-    m = SR3(eta=0.5)
-    lq = image()
-    calls = []
-    a = m.sample(Recorder(), lq, steps=6, sampler=sampler, generator=gen(1),
-                 callback=lambda i, n, x: calls.append((i, n, x.shape)))
-    assert [c[0] for c in calls] == list(range(6)) and all(c[1] == 6 for c in calls)
-    b = m.sample(Recorder(), lq, steps=6, sampler=sampler, generator=gen(1))
-    c = m.sample(Recorder(), lq, steps=6, sampler=sampler, generator=gen(2))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert len(calls) == 6
-    with pytest.raises(ValueError):
-        m.sample(Recorder(), lq, sampler="euler")
-    with pytest.raises(TypeError):
-        m.sample(Recorder(), lq, bogus=1)
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_inpainting_sampling_keeps_known_pixels(sampler):
     m = SR3(inpainting=True)
     x0 = image(dtype=torch.float64)

@@ -133,3 +133,17 @@ def test_init_from_copies_a_trained_model_and_refuses_another_shape(tmp_path):
     wider = {**second, "net": {**base["net"], "width": 16}}
     with pytest.raises(ConfigError, match="init_from"):
         run_training(load_config(base=wider), tmp_path / "third", progress=False)
+
+
+def test_a_run_saved_with_older_key_spellings_resumes_under_the_new_ones(tmp_path, image_folder):
+    """loss_type 1 (older SR3 configs) and "l1" are the same setting: resuming is allowed, refusing other changes."""
+    from irdiff.config import to_dict
+
+    old = to_dict(tiny_config(image_folder, "sr3", steps=2))
+    old["method"]["loss_type"] = 1
+    train(load_config(base=old), tmp_path / "r", progress=False)
+    new = {**old, "method": {**old["method"], "loss_type": "l1"}, "train": {**old["train"], "steps": 3}}
+    assert train(load_config(base=new), tmp_path / "r", progress=False)["step"] == 3
+    other = {**new, "method": {**new["method"], "loss_type": "l2"}, "train": {**new["train"], "steps": 4}}
+    with pytest.raises(ValueError, match="method.loss_type"):
+        train(load_config(base=other), tmp_path / "r", progress=False)

@@ -12,8 +12,9 @@ grey BM3D), at sigma 15 / 25 / 50, under two protocols on the same noise draw:
 
 The noise of image i of a set at sigma s is drawn from ``torch.Generator().manual_seed(noise_seed(set, s, i))``
 (the seeds of every number committed for the bundled models). Both methods get the same array, are told
-the true sigma (BM3D needs it; the irdiff model is blind) and are scored on their 8-bit output with
-irdiff.metrics (RGB PSNR / SSIM, BasicSR conventions). Seconds are wall time per image on one thread.
+the true sigma (BM3D needs it; the irdiff model is blind) and are scored by ``irdiff.evaluate.score`` (the
+scoring rule of every irdiff number: 8-bit RGB PSNR / SSIM, BasicSR conventions). Seconds are wall time per
+image on one thread.
 
 CBM3D is slow (about a minute per CBSD68 image on one core), so every result is appended to a cache
 (``cache_<method>.jsonl`` beside this file, committed) and a run only computes what is missing; images
@@ -47,8 +48,12 @@ def noise_seed(set_name: str, sigma: int, index: int) -> int:
 
 
 def data_root() -> Path:
-    env = os.environ.get("IRDIFF_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+    """$IRDIFF_DATA, else the development checkout's data folder beside the repository, else the user cache
+    that `irdiff data fetch CBSD68 Kodak24` fills."""
+    from irdiff.data import catalog
+
+    beside = ROOT.parent / "shared" / "data"
+    return catalog.data_root() if os.environ.get("IRDIFF_DATA") or not beside.is_dir() else beside
 
 
 def files_of(folder: str) -> list[Path]:
@@ -82,11 +87,15 @@ def noisy_image(cell: str, index: int, sigma: int, clean: np.ndarray, protocol: 
 
 
 def score(out: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-    from irdiff.metrics import psnr, ssim
+    """irdiff.evaluate.score, the one scoring rule (clamp, round both to 8 bits, BasicSR PSNR / SSIM)."""
+    import torch
 
-    out8 = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
-    gt8 = np.clip(np.round(clean * 255), 0, 255).astype(np.uint8)
-    return psnr(out8, gt8), ssim(out8, gt8)
+    from irdiff.evaluate import score as irdiff_score
+
+    def chw(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+
+    return irdiff_score(chw(out), chw(clean))
 
 
 def jobs(max_images: int | None) -> list[tuple[str, int, Path, int, str]]:
@@ -152,25 +161,25 @@ def model_key(name: str) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
 
 
-def run_model(name: str, max_images: int | None, ensemble: bool = False) -> str:
+def run_model(name: str, max_images: int | None, shard: tuple[int, int] = (0, 1)) -> str:
     import torch
 
     import irdiff
 
     torch.set_num_threads(1)
-    key = model_key(name) + ("-x8" if ensemble else "")
+    key = model_key(name)
     cache_path = HERE / f"cache_model_{key}.jsonl"
     done = read_cache(cache_path)
     todo = [j for j in jobs(max_images) if (j[0], j[2].name, j[3], j[4]) not in done]
+    todo = todo[shard[0]::shard[1]]  # --shard i/n: one of n processes, each on a core of its own
     restorer = irdiff.load(name)
     print(f"model {name} ({key}): {len(todo)} images", flush=True)
     for cell, i, f, sigma, protocol in todo:
         clean = clean_image(cell, f)
         noisy = noisy_image(cell, i, sigma, clean, protocol).astype(np.float32)
         t = time.perf_counter()
-        kw = {"ensemble": True} if ensemble else {}
         with torch.inference_mode():
-            out = restorer.restore_tensor(torch.from_numpy(noisy.transpose(2, 0, 1).copy()), **kw)
+            out = restorer.restore_tensor(torch.from_numpy(noisy.transpose(2, 0, 1).copy()))
         seconds = time.perf_counter() - t
         out = out.numpy().transpose(1, 2, 0).astype(np.float64)
         p, s = score(out, clean)
@@ -179,10 +188,10 @@ def run_model(name: str, max_images: int | None, ensemble: bool = False) -> str:
     return key
 
 
-def report(model: str, ensemble: bool = False) -> dict:
+def report(model: str) -> dict:
     from irdiff.sysinfo import cpu_name
 
-    key = model_key(model) + ("-x8" if ensemble else "")
+    key = model_key(model)
     ours = read_cache(HERE / f"cache_model_{key}.jsonl")
     theirs = read_cache(HERE / "cache_cbm3d.jsonl")
     cells = []
@@ -204,12 +213,12 @@ def report(model: str, ensemble: bool = False) -> dict:
                               "bm3d_seconds": mean(theirs, "seconds")})
     result = {"model": model, "model_sha": key, "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
               time.gmtime()), "cells": cells}
-    suffix = "" if model == "denoise" and not ensemble else f"_{Path(model).name}{'_x8' if ensemble else ''}"
+    suffix = "" if model == "denoise" else f"_{Path(model).name}"
     (HERE / f"results{suffix}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# `{model}`{' (x8 self-ensemble)' if ensemble else ''} vs (C)BM3D on the same noisy images", "",
+    lines = [f"# `{model}` vs (C)BM3D on the same noisy images", "",
              f"Machine: {result['cpu']}; one thread each; {result['date']}. "
              "Command: `python benchmarks/denoise_vs_cbm3d/run.py all"
-             f"{'' if model == 'denoise' else ' --model ' + model}{' --ensemble' if ensemble else ''}`.", "",
+             f"{'' if model == 'denoise' else ' --model ' + model}`.", "",
              "RGB PSNR (dB) / SSIM on the 8-bit output. `float`: noise added in float, not clipped (papers' "
              "protocol); `uint8`: the same noisy image rounded and clipped to 8 bits. Grey: CBSD68 as BT.601 luma, "
              "grey BM3D. Images: how many of the set both methods have run on (the mean is over those).", "",
@@ -230,17 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["all", "cbm3d", "model", "report"])
     ap.add_argument("--model", default="denoise", help="bundled name or model folder (default: denoise)")
     ap.add_argument("--max-images", type=int, default=None, help="first N images of each set (default: all)")
-    ap.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and rotations)")
+    ap.add_argument("--shard", default="0/1", help="i/n: this process restores every n-th missing image from i")
     args = ap.parse_args(argv)
     if not data_root().is_dir():
         print(f"error: no data folder {data_root()} (set IRDIFF_DATA)", file=sys.stderr)
         return 1
     if args.what in ("all", "model"):
-        run_model(args.model, args.max_images, args.ensemble)
+        i, n = (int(v) for v in args.shard.split("/"))
+        run_model(args.model, args.max_images, (i, n))
     if args.what in ("all", "cbm3d"):
         run_cbm3d(args.max_images)
     if args.what in ("all", "report"):
-        report(args.model, args.ensemble)
+        report(args.model)
     return 0
 
 

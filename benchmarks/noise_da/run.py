@@ -71,41 +71,24 @@ def command(key: str) -> list[str]:
 
 # ---- test sets ----------------------------------------------------------------------------------
 
-def test_set(kind: str) -> list[tuple]:
-    """[(name, clean, degraded)] as (3, H, W) tensors in [0, 1]; degraded with a fixed seed per image."""
-    import torch
+def test_set(kind: str) -> list:
+    """The real-domain or AWGN test items of CBSD68 (``irdiff.evaluate``: image i degraded with the
+    generator item_generator(seed, 0, i), seed 10000 for the real domain, 20000 for AWGN)."""
+    from irdiff.evaluate import degraded_items
 
-    from irdiff.data.degradations import build_degradation
-    from irdiff.data.io import list_images, read_image
-
-    spec, every, base = (REAL_DEGRADATION, REAL_EVERY, 10_000) if kind == "real" else (SYN_DEGRADATION, SYN_EVERY,
+    spec, every, seed = (REAL_DEGRADATION, REAL_EVERY, 10_000) if kind == "real" else (SYN_DEGRADATION, SYN_EVERY,
                                                                                        20_000)
-    degrade = build_degradation(spec)
-    out = []
-    for i, path in enumerate(list_images(DATA / "CBSD68")):
-        if i % every:
-            continue
-        clean = read_image(path)
-        g = torch.Generator().manual_seed(base + i)
-        lq = degrade(clean, g)
-        lq = lq[0] if isinstance(lq, tuple) else lq
-        out.append((path.stem, clean, lq))
-    return out
+    return degraded_items(DATA / "CBSD68", spec, seed, every=every)
 
 
 def score(restore, sets: dict[str, list]) -> dict[str, dict[str, float]]:
-    """Mean PSNR/SSIM (RGB, 8-bit, BasicSR conventions) of restore(lq) on each test set."""
-    from irdiff.data.io import to_uint8
-    from irdiff.metrics import psnr, ssim
+    """Mean PSNR/SSIM (RGB, 8-bit, BasicSR conventions) of ``restore(item, generator)`` on each test set."""
+    from irdiff.evaluate import evaluate
 
     res = {}
     for kind, items in sets.items():
-        p, s = [], []
-        for _, clean, lq in items:
-            out8, gt8 = to_uint8(restore(lq).clamp(0, 1)), to_uint8(clean)
-            p.append(psnr(out8, gt8))
-            s.append(ssim(out8, gt8))
-        res[kind] = {"psnr": sum(p) / len(p), "ssim": sum(s) / len(s), "n": len(p)}
+        r = evaluate(items, restore)
+        res[kind] = {"psnr": r.mean("psnr"), "ssim": r.mean("ssim"), "n": len(r.records)}
     return res
 
 
@@ -113,19 +96,15 @@ def evaluate_run(key: str) -> dict:
     import torch
 
     import irdiff
+    from irdiff.evaluate import with_restorer
 
     torch.set_num_threads(1)
     run = RUNS_DIR / key
     restorer = irdiff.load(run)
     sets = {"real": test_set("real"), "syn_awgn25": test_set("syn")}
     t0 = time.time()
-
-    @torch.no_grad()
-    def restore(lq):  # the whole image in one pass (R is fully convolutional); no tiling needed
-        out = restorer.method.sample(restorer.net, lq[None] * 2 - 1)
-        return (out[0].float() + 1) / 2
-
-    result = score(restore, sets)
+    # the whole image in one pass (R is fully convolutional); no tiling needed
+    result = score(with_restorer(restorer, tile=0), sets)
     meta = json.loads((run / "model.json").read_text())
     result.update(step=meta["step"], eval_seconds=round(time.time() - t0, 1))
     (run / "eval.json").write_text(json.dumps(result, indent=1))
@@ -133,8 +112,10 @@ def evaluate_run(key: str) -> dict:
 
 
 def evaluate_input() -> dict:
+    from irdiff.evaluate import identity
+
     sets = {"real": test_set("real"), "syn_awgn25": test_set("syn")}
-    return score(lambda lq: lq, sets)
+    return score(identity(), sets)
 
 
 # ---- diagnostics of the trained teacher --------------------------------------------------------------
@@ -145,10 +126,11 @@ def diagnose_run(key: str, batches: int = 8) -> dict:
     compared with its synthetic output r_s (a teacher that reads only the synthetic slot gives ~0)."""
     import torch
 
+    from irdiff.build import build_method, build_model
     from irdiff.checkpoint import latest_checkpoint, load_tensors
     from irdiff.config import Config, from_dict
     from irdiff.data.datasets import BatchPlan, build_dataset, collate
-    from irdiff.train import build_method, build_model
+    from irdiff.methods.base import to_method_range
 
     torch.set_num_threads(1)
     run = RUNS_DIR / key
@@ -167,7 +149,7 @@ def diagnose_run(key: str, batches: int = 8) -> dict:
     for i in range(batches):
         batch = collate([syn[k] for k in plan_s.keys(i)])
         batch.update(collate([real[k] for k in plan_r.keys(i)]))
-        batch = {k: v * 2 - 1 for k, v in batch.items()}
+        batch = {k: to_method_range(v) for k, v in batch.items()}
         outputs.clear()
         g = torch.Generator().manual_seed(1000 + i)
         terms = method.loss_terms(net, batch, g)
@@ -268,8 +250,8 @@ def assemble() -> dict:
                      "method": cfg["method"]}
     results = {
         "date": dt.date.today().isoformat(), "machine": machine(),
-        "test_sets": {"real": f"CBSD68 every {REAL_EVERY}th image, {REAL_DEGRADATION}, seed 10000+index",
-                      "syn_awgn25": f"CBSD68 every {SYN_EVERY}th image, {SYN_DEGRADATION}, seed 20000+index"},
+        "test_sets": {"real": f"CBSD68 every {REAL_EVERY}th image, {REAL_DEGRADATION}, irdiff.evaluate seed 10000",
+                      "syn_awgn25": f"CBSD68 every {SYN_EVERY}th image, {SYN_DEGRADATION}, irdiff.evaluate seed 20000"},
         "input": evaluate_input(), "runs": rows,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))

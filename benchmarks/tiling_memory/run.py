@@ -45,9 +45,9 @@ def child(size: int, tile: int, overlap: int, tile_batch: int, run: str | None, 
 
         restorer = load(run)
     else:
+        from irdiff.build import build_method
         from irdiff.config import Config, from_dict
         from irdiff.inference import Restorer
-        from irdiff.train import build_method
 
         cfg = from_dict(Config, {"method": {"name": "regression"}, "net": dict(NET)})
         method = build_method(cfg)

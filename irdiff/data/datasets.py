@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from irdiff.data.degradations import imresize
-from irdiff.data.io import list_images, read_image
+from irdiff.data.io import image_size, list_images, read_image
 from irdiff.registry import DATASETS, DEGRADATIONS
 
 
@@ -63,11 +63,21 @@ class _ImageCache:
         hit = self._store.get(path)
         if hit is not None:
             return hit.float() / 255 if hit.dtype == torch.uint8 else hit
-        img = read_image(path)
+        try:
+            img = read_image(path)
+        except ValueError as e:  # a truncated body, found only by decoding: one line naming the file
+            raise DataError(str(e)) from None
         if self.enabled:
             q = (img * 255).round()
             self._store[path] = q.to(torch.uint8) if torch.equal(q / 255, img) else img
         return img
+
+    def preload(self, paths: list[Path]) -> None:
+        """Decode every file now (they are all decoded and kept during the first epoch anyway), so that a
+        truncated image stops the run before it starts, not hours later."""
+        if self.enabled:
+            for p in paths:
+                self.get(p)
 
 
 def _files(folder: str | None, key: str, spec: Any) -> list[Path]:
@@ -76,11 +86,20 @@ def _files(folder: str | None, key: str, spec: Any) -> list[Path]:
     try:
         files = list_images(folder)
     except ValueError as e:
-        raise DataError(f"{key}: {e}") from None
+        from irdiff.data.catalog import fetch_hint
+
+        raise DataError(f"{key}: {e}{fetch_hint(folder)}") from None
     files = files[spec.first_image :]
     files = files[: spec.max_images] if spec.max_images else files
     if not files:
         raise DataError(f"{key}: no images left in {folder} after first_image={spec.first_image}")
+    for f in files:  # headers only: empty, non-image, too large or too small files, named before work starts
+        try:
+            w, h = image_size(f)
+        except ValueError as e:
+            raise DataError(f"{key}: {e}") from None
+        if spec.patch_size and min(w, h) < spec.patch_size:
+            raise DataError(f"{f}: image {w}x{h} is smaller than patch_size {spec.patch_size}")
     return files
 
 
@@ -130,6 +149,13 @@ class PairedFolders(_Base):
             what = f"no lq file for {missing[:3]}" if missing else f"no gt file for {extra[:3]}"
             raise DataError(f"paired folders {spec.gt_dir} / {spec.lq_dir} do not match: {what}")
         self.pairs = [(p, by_stem[p.stem]) for p in gts]
+        for gt, lq in self.pairs:  # sizes from the headers, before work starts
+            (gw, gh), (lw, lh) = image_size(gt), image_size(lq)
+            want = (gw // spec.scale, gh // spec.scale)
+            if (lw, lh) != want:
+                raise DataError(f"{lq}: size {lw}x{lh} does not match gt {gt.name} ({gw}x{gh}"
+                                + (f" / {spec.scale})" if spec.scale > 1 else ")"))
+        self.cache.preload([f for pair in self.pairs for f in pair])
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -214,6 +240,7 @@ class SyntheticPairs(_CleanSource):
     def __init__(self, spec: Any, seed: int = 0, train: bool = True):
         super().__init__(spec, seed, train)
         self.files = _files(spec.gt_dir, "gt_dir", spec)
+        self.cache.preload(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -293,6 +320,7 @@ class UnpairedFolder(_Base):
     def __init__(self, spec: Any, seed: int = 0, train: bool = True):
         super().__init__(spec, seed, train)
         self.files = _files(spec.lq_dir or spec.gt_dir, "lq_dir", spec)
+        self.cache.preload(self.files)
         deg = spec.degradation
         self.degrade = DEGRADATIONS.build(deg["name"], where="degradation",
                                           **{k: v for k, v in deg.items() if k != "name"}) if deg else None

@@ -139,15 +139,28 @@ def add_poisson_gaussian_noise(img: Tensor, peak: float | Tensor, read_sigma: fl
     return _unbatch(out.clamp(0, 1) if clip else out, sq)
 
 
-def gaussian_blur(img: Tensor, sigma: float | Tensor, kernel_size: int | None = None) -> Tensor:
-    """Isotropic Gaussian blur (sigma in px, scalar or one per image), reflect border (no edge
-    repeat); kernel_size defaults to 2*ceil(3*max sigma)+1."""
+BLUR_BORDERS = ("reflect", "circular")
+
+
+def gaussian_blur(img: Tensor, sigma: float | Tensor, kernel_size: int | None = None,
+                  border: str = "reflect") -> Tensor:
+    """Isotropic Gaussian blur (sigma in px, scalar or one per image); kernel_size defaults to
+    2*ceil(3*max sigma)+1. ``border`` "reflect" (no edge repeat; images too small for it repeat the edge)
+    or "circular" (wrap around: Cold Diffusion's reference blur)."""
+    if border not in BLUR_BORDERS:
+        raise ValueError(f"gaussian_blur: border must be one of {', '.join(BLUR_BORDERS)}, got {border!r}")
     x, sq = _batched(img, "gaussian_blur")
     s = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
     if kernel_size is None:
         kernel_size = 2 * math.ceil(3 * float(s.max())) + 1
     s2 = s.to(x.device, x.dtype)[:, None].expand(-1, 2).contiguous()
-    return _unbatch(KF.gaussian_blur2d(x, (kernel_size, kernel_size), s2, border_type="reflect"), sq)
+    border_type = _border(x, kernel_size) if border == "reflect" else border
+    return _unbatch(KF.gaussian_blur2d(x, (kernel_size, kernel_size), s2, border_type=border_type), sq)
+
+
+def _border(x: Tensor, kernel_size: int) -> str:
+    # reflect needs the image to be wider than the kernel's half-width; smaller images repeat the edge
+    return "reflect" if min(x.shape[-2:]) > kernel_size // 2 else "replicate"
 
 
 def motion_kernel(length: int, angle: float, dtype=torch.float32) -> Tensor:
@@ -181,7 +194,7 @@ def motion_blur(img: Tensor, length: int | Sequence[int], angle: float | Sequenc
     out = []
     for i in range(b):
         k = motion_kernel(lengths[i], angles[i], x.dtype).to(x.device)
-        out.append(KF.filter2d(x[i : i + 1], k[None], border_type="reflect"))
+        out.append(KF.filter2d(x[i : i + 1], k[None], border_type=_border(x, k.shape[-1])))
     return _unbatch(torch.cat(out), sq)
 
 
@@ -375,13 +388,17 @@ class PoissonGaussian:
 @DEGRADATIONS.register("gaussian_blur")
 @dataclass
 class GaussianBlur:
-    """Gaussian blur, sigma in px fixed or [lo, hi]; kernel_size odd (default 2*ceil(3*max sigma)+1)."""
+    """Gaussian blur, sigma in px fixed or [lo, hi]; kernel_size odd (default 2*ceil(3*max sigma)+1);
+    border reflect (default) or circular."""
 
     sigma: Range = 2.0
     kernel_size: int | None = None
+    border: str = "reflect"
 
     def __post_init__(self):
         self._sigma = _as_range(self.sigma, "gaussian_blur.sigma", low=0, low_open=True)
+        if self.border not in BLUR_BORDERS:
+            raise ValueError(f"gaussian_blur.border must be one of {', '.join(BLUR_BORDERS)}, got {self.border!r}")
         if self.kernel_size is not None and (
             not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0
         ):
@@ -391,7 +408,7 @@ class GaussianBlur:
     def __call__(self, img: Tensor, generator: Generator | None) -> Tensor:
         n = img.shape[0] if img.dim() == 4 else 1
         ks = self.kernel_size or 2 * math.ceil(3 * self._sigma[1]) + 1
-        return gaussian_blur(img, _draw(self._sigma, n, generator), ks)
+        return gaussian_blur(img, _draw(self._sigma, n, generator), ks, self.border)
 
 
 @DEGRADATIONS.register("motion_blur")

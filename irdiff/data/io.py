@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -25,12 +24,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from irdiff.checkpoint import write_bytes_atomic
+
 __all__ = [
     "IMAGE_EXTS",
     "DEFAULT_MAX_PIXELS",
     "ImageReadError",
+    "image_size",
     "list_images",
     "read_image",
+    "read_array",
+    "decode_array",
     "write_image",
     "to_uint8",
     "to_uint16",
@@ -81,16 +85,55 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def read_array(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_array(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, alpha: bool = False
+               ) -> np.ndarray:
     """Decode an image file to its own dtype (uint8 / uint16 / float32), H x W x C, without a float copy:
     what tiled restoration reads, at 1 or 2 bytes per sample whatever the size. Same checks and one-line
     ImageReadError messages as :func:`read_image`; None lifts our pixel limit (Pillow's own still applies).
+    alpha: keep an alpha channel (C = 2 or 4) instead of dropping it.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    return decode_array(_read_bytes(path), path, max_pixels, alpha)
+
+
+def decode_array(data: bytes, name: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 alpha: bool = False) -> np.ndarray:
+    """:func:`read_array` on bytes already in memory (an upload); `name` only labels the error messages."""
+    name = Path(name)
+    if not data:
+        raise ImageReadError(name, "empty file")
     if data.startswith(_PNG_SIGNATURE) and len(data) > 24 and data[24] == 16:
-        return _decode_png16(path, data, max_pixels)
-    return _decode_pil(path, data, max_pixels)
+        return _decode_png16(name, data, max_pixels, alpha)
+    return _decode_pil(name, data, max_pixels, alpha)
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as :func:`read_image` would return it (EXIF orientation applied), from the header
+    only: a cheap check of a whole folder before work starts. Missing, empty, non-image and too large
+    files raise the same one-line ImageReadError; a truncated body is only found by decoding."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not a file")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                _check_size(path, w, h, max_pixels)
+                orientation = img.getexif().get(0x0112, 1)  # 5..8: stored transposed
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large (decompression bomb guard: {e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image (unrecognised format)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -127,7 +170,7 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> 
         raise ImageReadError(path, f"image too large ({width}x{height} > max_pixels={max_pixels})")
 
 
-def _decode_pil(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
+def _decode_pil(path: Path, data: bytes, max_pixels: int | None, alpha: bool = False) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check replaces Pillow's warning; its hard error (2x) still applies.
@@ -136,7 +179,7 @@ def _decode_pil(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
                 _check_size(path, img.width, img.height, max_pixels)
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _pil_to_array(img)
+                return _pil_to_array(img, alpha)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
@@ -147,8 +190,8 @@ def _decode_pil(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
         raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
-def _pil_to_array(img: Image.Image) -> np.ndarray:
-    """Pillow image -> uint8/uint16/float32 array H x W x C (C = 1 or 3), alpha dropped."""
+def _pil_to_array(img: Image.Image, alpha: bool = False) -> np.ndarray:
+    """Pillow image -> uint8/uint16/float32 array H x W x C (C = 1 or 3; 2 or 4 with alpha kept)."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(img).astype(np.uint16)[..., None]
@@ -171,14 +214,14 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.shape[2] == 2:  # LA
+    if arr.shape[2] == 2 and not alpha:  # LA
         arr = arr[..., :1]
-    elif arr.shape[2] == 4:  # RGBA / RGBX
+    elif arr.shape[2] == 4 and (not alpha or img.mode == "RGBX"):  # RGBA / RGBX (X is padding)
         arr = arr[..., :3]
     return np.ascontiguousarray(arr)
 
 
-def _decode_png16(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
+def _decode_png16(path: Path, data: bytes, max_pixels: int | None, alpha: bool = False) -> np.ndarray:
     """Decode a 16-bit PNG (grey, grey+alpha, RGB, RGBA; not interlaced) to uint16 H x W x C."""
     try:
         pos, idat, ihdr = 8, [], None
@@ -219,9 +262,9 @@ def _decode_png16(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray
         raise ImageReadError(path, f"corrupt or truncated PNG ({type(e).__name__}: {e})") from e
     arr = pixels.reshape(height, width * nchan * 2).view(">u2").reshape(height, width, nchan)
     arr = arr.astype(np.uint16)
-    if nchan == 2:
+    if nchan == 2 and not alpha:
         arr = arr[..., :1]
-    elif nchan == 4:
+    elif nchan == 4 and not alpha:
         arr = arr[..., :3]
     return np.ascontiguousarray(arr)
 
@@ -330,7 +373,8 @@ def write_image(
     """Write an image atomically; the format follows the extension (.png, .jpg/.jpeg, .tif, .bmp, .webp).
 
     image: float tensor (C, H, W) / (H, W) in [0, 1], or an H x W [x C] array (uint8, uint16, or
-    float in [0, 1]) with C in {1, 3}. bits: 8, or 16 (PNG only). quality: JPEG/WebP quality.
+    float in [0, 1]) with C in {1, 3}, or {2, 4} with alpha (dropped for JPEG and BMP, which have none).
+    bits: 8, or 16 (PNG only). quality: JPEG/WebP quality.
     Parent folders are created. Returns the path written.
     """
     path = Path(path)
@@ -343,8 +387,10 @@ def write_image(
     if bits == 16 and ext != ".png":
         raise ValueError(f"write_image: 16-bit output needs a .png path, got {path}")
     arr = _as_array(image, bits)
-    if arr.shape[2] not in (1, 3):
-        raise ValueError(f"write_image: expected 1 or 3 channels, got {arr.shape[2]}")
+    if arr.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"write_image: expected 1 to 4 channels, got {arr.shape[2]}")
+    if arr.shape[2] in (2, 4) and _PIL_FORMATS[ext] in ("JPEG", "BMP"):
+        arr = arr[..., :-1]  # no alpha in these formats
     if bits == 16:
         payload = _encode_png16(arr)
     else:
@@ -353,7 +399,7 @@ def write_image(
         kwargs = {"quality": int(quality)} if _PIL_FORMATS[ext] in ("JPEG", "WEBP") else {}
         img.save(buf, format=_PIL_FORMATS[ext], **kwargs)
         payload = buf.getvalue()
-    _atomic_write(path, payload)
+    write_bytes_atomic(path, payload)
     return path
 
 
@@ -378,7 +424,7 @@ def _as_array(image: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
 
 def _encode_png16(arr: np.ndarray) -> bytes:
     h, w, c = arr.shape
-    color_type = 0 if c == 1 else 2
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]  # grey, grey + alpha, RGB, RGBA
     rows = arr.astype(">u2").reshape(h, w * c).view(np.uint8)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 per row
 
@@ -387,21 +433,3 @@ def _encode_png16(arr: np.ndarray) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; images are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -1,4 +1,4 @@
-"""Cold Diffusion: a deterministic degradation D(x0, s) and an L1 restorer R (DESIGN §3.2).
+"""Cold Diffusion: a deterministic degradation D(x0, s) and an L1 restorer R (docs/methods/cold.md).
 
 One index convention everywhere: ``s`` = number of per-step operators applied, s = 0..T, and
 D(x0, 0) = x0. Training draws s ~ U{1..T} per sample and minimises |R(D(x0, s), s/T) − x0| (the net
@@ -9,18 +9,26 @@ and walks a decreasing subset of steps s → s':
 - ``naive`` (Algorithm 1): x_{s'} = D(x̂0, s').
 
 The reference code trains with a 0-based index t meaning t+1 operators and samples with s−1; here
-the net sees s/T for the state with s operators applied, in training and sampling alike.
+the net sees s/T for the state with s operators applied, in training and sampling alike, or, with
+``level: index``, the reference's own time input s − 1 (for its released weights, see
+``irdiff.official.cold``).
 
 Built-in degradations (``degradation``):
 
 - ``blur``: per-step depthwise Gaussian blur (kernel ``blur_kernel_size``, std
-  ``blur_std + blur_std_increment·(i−1)`` at step i), reflect border, composed step by step;
+  ``blur_std + blur_std_increment·(i−1)`` at step i, or ``exp(blur_std·(i−1))`` with
+  ``blur_schedule: exponential``), ``blur_padding`` reflect (default) or circular border, composed
+  step by step (the data pipeline's ``gaussian_blur`` degradation at a fixed std; the reference's blur
+  routines: Incremental = linear with increment = std, Constant = increment 0, Exponential(_reflect) =
+  exponential; its default border is circular);
+  ``blur_discrete`` (the reference's generation models): D(x0, T) is the per-channel mean colour;
 - ``mask``: product of centred smooth holes z_i = 1 − exp(−r²/2σ_i²), σ_i = ``mask_std``·(i − 1 +
   ``mask_initial``) pixels (the reference's Incremental routine); the hole fades to 0 (mid-grey);
 - ``pixelate`` / ``downsample``: step i down-samples by 2^i (``pixelate_mode`` "area" or antialiased
   "bicubic") and blows the result back up with nearest neighbour, so T = 2 is ×4 SR;
-- ``snow``: x + a_s ⊙ (1 − x), a_s = motion-blurred snow field above a threshold that falls linearly
-  from ``snow_threshold_start`` to ``snow_threshold_end``; the field comes from ``snow_seed`` only, so D
+- ``snow``: x + a_s ⊙ (1 − x), a_s = snow field above a threshold that falls linearly
+  from ``snow_threshold_start`` to ``snow_threshold_end``, streaked by the data pipeline's ``motion_blur``
+  (``snow_blur_length`` px at ``snow_angle``°); the field comes from ``snow_seed`` only, so D
   is deterministic (it depends on the image size);
 - ``interp``: D(x0, s, lq) = (1 − s/T)·x0 + (s/T)·lq, for any paired task (x_T = lq).
 
@@ -33,7 +41,6 @@ For blur / mask / pixelate / snow the data pipeline must build its LQ images wit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irdiff.methods.base import Callback, Method, randint, step_indices
+from irdiff.data.degradations import build_degradation
+from irdiff.methods.base import Callback, Method, loss_type_name, pixel_error, randint, run_steps, step_indices
 from irdiff.registry import METHODS
 
 DEGRADATIONS = ("blur", "mask", "pixelate", "downsample", "snow", "interp")
@@ -51,7 +59,7 @@ DEFAULT_STEPS = {"blur": 20, "mask": 50, "pixelate": 2, "downsample": 2, "snow":
 
 @METHODS.register("cold")
 class ColdDiffusion(Method):
-    """Cold Diffusion with a built-in deterministic degradation; see the module docstring.
+    """Cold Diffusion with a built-in deterministic degradation (blur, mask, pixelate, snow or interp).
 
     ``num_steps`` None picks a per-degradation T (blur 20, mask 50, pixelate 2, snow 20, interp 10).
     """
@@ -60,12 +68,14 @@ class ColdDiffusion(Method):
 
     def __init__(self, degradation: str = "interp", num_steps: int | None = None,
                  blur_kernel_size: int = 11, blur_std: float = 1.0, blur_std_increment: float = 0.0,
+                 blur_schedule: str = "linear", blur_padding: str = "reflect", blur_discrete: bool = False,
+                 level: str = "fraction",
                  mask_std: float = 0.2, mask_initial: float = 1.0,
                  pixelate_mode: str = "area",
                  snow_seed: int = 0, snow_mean: float = 0.55, snow_std: float = 0.3, snow_zoom: int = 4,
                  snow_threshold_start: float = 1.15, snow_threshold_end: float = 0.7,
                  snow_blur_length: int = 9, snow_angle: float = -60.0,
-                 loss_type: int = 1):
+                 loss_type: str = "l1"):
         if degradation not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degradation!r}; known: {', '.join(DEGRADATIONS)}")
         self.degradation = degradation
@@ -78,6 +88,14 @@ class ColdDiffusion(Method):
         self.blur_kernel_size = int(blur_kernel_size)
         self.blur_std = float(blur_std)
         self.blur_std_increment = float(blur_std_increment)
+        if blur_schedule not in ("linear", "exponential"):
+            raise ValueError(f"blur_schedule must be 'linear' or 'exponential', got {blur_schedule!r}")
+        if blur_padding not in ("reflect", "circular"):
+            raise ValueError(f"blur_padding must be 'reflect' or 'circular', got {blur_padding!r}")
+        if level not in ("fraction", "index"):
+            raise ValueError(f"level must be 'fraction' (s/T) or 'index' (s − 1), got {level!r}")
+        self.blur_schedule, self.blur_padding, self.level = blur_schedule, blur_padding, level
+        self.blur_discrete = bool(blur_discrete)
         self.mask_std = float(mask_std)
         self.mask_initial = float(mask_initial)
         if pixelate_mode not in ("area", "bicubic"):
@@ -93,12 +111,13 @@ class ColdDiffusion(Method):
         self.snow_angle = float(snow_angle)
         self.snow_threshold_start = float(snow_threshold_start)
         self.snow_threshold_end = float(snow_threshold_end)
-        if loss_type not in (1, 2):
-            raise ValueError(f"loss_type must be 1 or 2, got {loss_type!r}")
-        self.loss_type = int(loss_type)
+        self.loss_type = loss_type_name(loss_type)
         # per-step parameters, index 0 unused (no operator at s = 0)
         steps = np.arange(self.num_steps + 1, dtype=np.float64)
-        self.blur_sigma = self.blur_std + self.blur_std_increment * (steps - 1)
+        if blur_schedule == "exponential":
+            self.blur_sigma = np.exp(self.blur_std * (steps - 1))
+        else:
+            self.blur_sigma = self.blur_std + self.blur_std_increment * (steps - 1)
         self.mask_sigma = self.mask_std * (steps - 1 + self.mask_initial)
         self.snow_threshold = np.concatenate(
             [[np.inf], np.linspace(self.snow_threshold_start, self.snow_threshold_end, self.num_steps)])
@@ -106,6 +125,14 @@ class ColdDiffusion(Method):
             raise ValueError("blur std must stay > 0 at every step")
         if self.degradation == "mask" and np.any(self.mask_sigma[1:] <= 0):
             raise ValueError("mask std must stay > 0 at every step")
+        # the blur operators and the snow streaks are the data pipeline's registered degradations, with
+        # fixed parameters (so deterministic: a fixed value draws nothing from a generator)
+        self._blur_ops = [None] + [
+            build_degradation({"name": "gaussian_blur", "sigma": float(sigma), "kernel_size": self.blur_kernel_size,
+                               "border": self.blur_padding})
+            for sigma in self.blur_sigma[1:]] if self.degradation == "blur" else []
+        self._streaks = build_degradation({"name": "motion_blur", "length": self.snow_blur_length,
+                                           "angle": self.snow_angle})
 
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels
@@ -178,7 +205,10 @@ class ColdDiffusion(Method):
 
     def _op(self, x: torch.Tensor, i: int) -> torch.Tensor:
         if self.degradation == "blur":
-            return _gaussian_blur(x, self.blur_kernel_size, float(self.blur_sigma[i]))
+            x = self._blur_ops[i](x, None)
+            if self.blur_discrete and i == self.num_steps:  # the reference's generation models: D(x0, T) = mean
+                x = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+            return x
         if self.degradation == "mask":
             return x * self._mask_factor(x, i)
         return self._pixelate(x, i)
@@ -214,10 +244,7 @@ class ColdDiffusion(Method):
 
     def _snow_alpha(self, field: torch.Tensor, s: int) -> torch.Tensor:
         flakes = torch.where(field >= float(self.snow_threshold[s]), field, torch.zeros_like(field))
-        kernel = _line_kernel(self.snow_blur_length, self.snow_angle)
-        p = self.snow_blur_length // 2
-        padded = F.pad(flakes, (p, p, p, p), mode="replicate")
-        return F.conv2d(padded, kernel).clamp(0, 1)  # (1, 1, H, W), float64 on the CPU
+        return self._streaks(flakes, None).clamp(0, 1)  # (1, 1, H, W), float64 on the CPU
 
     # --- the contract ---------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor,
@@ -227,14 +254,13 @@ class ColdDiffusion(Method):
 
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """|R(D(x0, s), s/T) − x0| per sample (L2 if ``loss_type`` = 2); ``noise`` is unused."""
+        """|R(D(x0, s), s/T) − x0| per sample (squared if ``loss_type`` is "l2"); ``noise`` is unused."""
         x0 = batch["gt"]
         if t is None:
             t = randint(1, self.num_steps, x0.shape[0], generator, x0.device)
         x_s = self.degrade(x0, t, batch.get("lq"))
-        level = (t.to(torch.float64) / self.num_steps).to(device=x0.device, dtype=x0.dtype)
-        pred = net(x_s, level, None)
-        err = (pred - x0).abs() if self.loss_type == 1 else (pred - x0) ** 2
+        pred = net(x_s, self.net_level(t).to(device=x0.device, dtype=x0.dtype), None)
+        err = pixel_error(pred - x0, self.loss_type)
         return err.flatten(1).mean(1)
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
@@ -242,69 +268,43 @@ class ColdDiffusion(Method):
                ) -> torch.Tensor:
         """Restore ``cond`` = x_T (the degraded batch: lq for 'interp', D(x0, T) otherwise).
 
-        A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D.
+        A ``mask`` in ``extra`` is accepted and ignored: Cold's masking is its own fixed D. With
+        ``blur_discrete`` only the per-channel mean of ``cond`` is used (x_T is a flat colour).
         """
         extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"ColdDiffusion.sample got unexpected arguments: {', '.join(sorted(extra))}")
+        if self.degradation == "blur" and self.blur_discrete:
+            cond = cond.mean(dim=(2, 3), keepdim=True).expand_as(cond)
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         fn = {"improved": sample_improved, "naive": sample_naive}[self.check_sampler(sampler)]
         return fn(self, net, cond, cond, steps or self.default_steps, generator, callback)
 
+    def net_level(self, s: torch.Tensor) -> torch.Tensor:
+        """What the net sees for s operators applied (B,) integers: s/T, or s − 1 with ``level: index``."""
+        s = s.to(torch.float64)
+        return s - 1 if self.level == "index" else s / self.num_steps
+
     def restore_step(self, net: nn.Module, x: torch.Tensor, s: int) -> torch.Tensor:
-        """x̂0 = R(x_s, s/T)."""
-        level = torch.full((x.shape[0],), s / self.num_steps, device=x.device, dtype=x.dtype)
+        """x̂0 = R(x_s, level(s))."""
+        level = self.net_level(torch.full((x.shape[0],), s)).to(device=x.device, dtype=x.dtype)
         return net(x, level, None)
 
 
 def sample_improved(method: ColdDiffusion, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
                     generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """Algorithm 2: x_{s'} = x_s − D(x̂0, s) + D(x̂0, s') (exact for any R when D(x, s) = x + s·e)."""
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (s, s_prev) in enumerate(zip(idx[:-1], idx[1:])):
-        x0 = method.restore_step(net, x, s)
-        d_s, d_prev = method.degrade_pair(x0, s, s_prev, cond)
-        x = x - d_s + d_prev
-        if callback is not None:
-            callback(i, n, x)
-    return x
+
+    def update(x: torch.Tensor, s: int, s_prev: int) -> torch.Tensor:
+        d_s, d_prev = method.degrade_pair(method.restore_step(net, x, s), s, s_prev, cond)
+        return x - d_s + d_prev
+
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)
 
 
 def sample_naive(method: ColdDiffusion, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
                  generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """Algorithm 1: x_{s'} = D(x̂0, s')."""
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (s, s_prev) in enumerate(zip(idx[:-1], idx[1:])):
-        x0 = method.restore_step(net, x, s)
-        x = method.degrade(x0, s_prev, cond)
-        if callback is not None:
-            callback(i, n, x)
-    return x
 
+    def update(x: torch.Tensor, s: int, s_prev: int) -> torch.Tensor:
+        return method.degrade(method.restore_step(net, x, s), s_prev, cond)
 
-# ---- kernels -------------------------------------------------------------------------------------
-
-def _gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Separable normalised Gaussian (kornia-equivalent), depthwise, reflect border."""
-    r = size // 2
-    k = np.exp(-((np.arange(size, dtype=np.float64) - r) ** 2) / (2 * sigma**2))
-    k = torch.from_numpy(k / k.sum()).to(device=x.device, dtype=x.dtype)
-    c = x.shape[1]
-    kh = k.view(1, 1, 1, size).expand(c, 1, 1, size)
-    kv = k.view(1, 1, size, 1).expand(c, 1, size, 1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kh, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kv, groups=c)
-
-
-def _line_kernel(length: int, angle_deg: float) -> torch.Tensor:
-    """A normalised (1, 1, L, L) float64 motion-blur kernel: a line through the centre at ``angle_deg``."""
-    length = max(int(length) | 1, 1)
-    c = length // 2
-    k = np.zeros((length, length), dtype=np.float64)
-    a = math.radians(angle_deg)
-    for j in np.linspace(-c, c, 4 * length + 1):
-        k[int(round(c - j * math.sin(a))), int(round(c + j * math.cos(a)))] = 1.0
-    return torch.from_numpy(k / k.sum()).view(1, 1, length, length)
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)

@@ -32,11 +32,16 @@ Differences from the reference code (deliberate):
 - the posterior sampler may jump over steps (any decreasing subset of 1..T ending at 0), with η
   scaling its std; the reference only has the one-step, η = 1 version.
 - schedules and every exp are float64 (the reference uses float32).
+
+``net_input: official`` feeds a net trained by the reference code (``irdiff import --format irsde``):
+net(x_t, t, cond=μ) with images mapped back to [0, 1] and t the integer step, as the authors' nets
+were trained (the clean variant: net(x_t, t)). ε needs no rescaling: x_t and √v_t scale alike.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,11 +52,17 @@ from irdiff.methods import targets
 from irdiff.methods.base import (
     Callback,
     Method,
+    OptionError,
+    SampleOptions,
     Steps,
     gather,
+    loss_type_name,
+    option,
     per_sample_mean,
+    pixel_error,
     randint,
     randn_like,
+    run_steps,
     step_indices,
     timesteps,
 )
@@ -73,39 +84,77 @@ def theta_schedule(T: int, name: str = "cosine", s: float = 0.008) -> np.ndarray
     raise ValueError(f"unknown theta schedule {name!r}; known: cosine, linear, constant")
 
 
+OBJECTIVES = ("optimal_path", "noise")
+
+
+@dataclass(frozen=True)
+class IRSDEOptions(SampleOptions):
+    eta: float | None = option("std scale of the posterior sampler: 1 the true posterior, 0 deterministic "
+                               "(default: the model's eta)", samplers=("posterior",), low=0)
+
+
+@dataclass(frozen=True)
+class DenoisingSDEOptions(IRSDEOptions):
+    noise_sigma: float | None = option("the input's noise std (0-255), where sampling starts "
+                                       "(default: the model's noise_sigma)", low=0, low_open=True)
+
+
 @METHODS.register("irsde")
 class IRSDE(Method):
-    """Mean-reverting SDE restoration. See the module docstring for conventions.
+    """Mean-reverting SDE restoration (IR-SDE), with the Denoising-SDE variant for Gaussian noise.
 
     Config: ``num_steps`` T (100), ``lam`` stationary std on the 0–255 scale (10), ``eps`` ε_T = the
     remaining weight of x0 at T (0.005), ``schedule`` of θ ("cosine" | "linear" | "constant"),
-    ``loss_type`` ("optimal_path": L1/L2 between the noise-free reverse-SDE step and x*_{t−1}, the
-    paper default; "noise": plain noise matching), ``loss_norm`` ("l1" | "l2"), ``eta`` (default
+    ``objective`` ("optimal_path": the noise-free reverse-SDE step against x*_{t−1}, the paper default;
+    "noise": plain noise matching), ``loss_type`` (its norm, "l1" | "l2"; older configs wrote
+    ``loss_type: optimal_path | noise`` and ``loss_norm: l1 | l2``, still read), ``eta`` (default
     std scale of the posterior sampler; 1 = the true posterior, 0 = deterministic), ``mean_target``
     ("lq": μ = the degraded image, IR-SDE restoration; "clean": μ = x0, the Denoising-SDE variant for
     Gaussian noise, see the module docstring), ``noise_sigma`` (clean variant: the input's noise std on
-    the 0–255 scale, where sampling starts; must be < lam), ``prediction`` (eps | x0 | v),
-    ``min_snr_gamma`` (None or γ_w > 0; noise-matching loss only), ``noise_level_input`` ("t": t/T, the
-    default; "log_snr": log-SNR / 10).
+    the 0–255 scale, where sampling starts; must be < lam), ``net_input`` ("residual": irdiff's own
+    net(x_t − μ, t/T, μ) in [−1, 1]; "official": the reference code's net(x_t, t, μ) in [0, 1] with the
+    integer step t, for imported checkpoints), ``lr_upsample`` (SR: how an LR input is brought to the
+    output size: "matlab" bicubic, the data pipeline's, or "torch" F.interpolate bicubic, the reference
+    code's, for its checkpoints), ``prediction`` (eps | x0 | v), ``min_snr_gamma`` (None or γ_w > 0;
+    ``objective: noise`` only), ``noise_level_input`` ("t": t/T, the default; "log_snr": log-SNR / 10).
     """
 
     noise_level_dim = 1
     samplers = ("posterior", "sde", "ode")
+    Options: type[SampleOptions] = IRSDEOptions  # DenoisingSDEOptions for mean_target clean (set per instance)
     # The posterior sampler is exact in its jumps (no discretisation error), so 20 steps suffice
     # where Euler–Maruyama ("sde", the paper's default) wants all T = 100.
     default_steps = 20
 
+    @classmethod
+    def canonical_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        out = dict(kwargs)
+        norm = out.pop("loss_norm", None)
+        if out.get("loss_type") in OBJECTIVES:  # loss_type was the objective, loss_norm (default l1) the norm
+            out["objective"] = out.pop("loss_type")
+            out["loss_type"] = "l1"
+        if norm is not None:
+            out["loss_type"] = norm
+        return out
+
     def __init__(self, num_steps: int = 100, lam: float = 10.0, eps: float = 0.005, schedule: str = "cosine",
-                 loss_type: str = "optimal_path", loss_norm: str = "l1", eta: float = 1.0,
-                 mean_target: str = "lq", noise_sigma: float = 25.0, prediction: str = "eps",
+                 objective: str = "optimal_path", loss_type: str = "l1", eta: float = 1.0,
+                 mean_target: str = "lq", noise_sigma: float = 25.0, net_input: str = "residual",
+                 lr_upsample: str = "matlab", loss_norm: str | None = None, prediction: str = "eps",
                  min_snr_gamma: float | None = None, noise_level_input: str = "t"):
+        if loss_type in OBJECTIVES or loss_norm is not None:  # an older config's spelling
+            old = self.canonical_kwargs({"loss_type": loss_type, "loss_norm": loss_norm})
+            objective, loss_type = old.get("objective", objective), old.get("loss_type", "l1")
         self.prediction = targets.check_prediction(prediction)
-        if min_snr_gamma is not None and (loss_type != "noise" or min_snr_gamma <= 0):
-            raise ValueError(f"min_snr_gamma needs loss_type: noise and a value > 0, got {min_snr_gamma} with "
-                             f"loss_type {loss_type}")
+        if min_snr_gamma is not None and (objective != "noise" or min_snr_gamma <= 0):
+            raise ValueError(f"min_snr_gamma needs objective: noise and a value > 0, got {min_snr_gamma} with "
+                             f"objective {objective}")
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         if noise_level_input not in ("t", "log_snr"):
             raise ValueError(f"noise_level_input must be t or log_snr, got {noise_level_input!r}")
+        if net_input == "official" and (prediction != "eps" or noise_level_input != "t"):
+            raise ValueError("net_input: official (the reference code's nets) needs prediction: eps and "
+                             f"noise_level_input: t, got {prediction} and {noise_level_input}")
         self.noise_level_input = noise_level_input
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -113,22 +162,27 @@ class IRSDE(Method):
             raise ValueError(f"lam must be > 0 (0-255 scale), got {lam}")
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
-        if loss_type not in ("optimal_path", "noise"):
-            raise ValueError(f"unknown loss_type {loss_type!r}; known: optimal_path, noise")
-        if loss_norm not in ("l1", "l2"):
-            raise ValueError(f"unknown loss_norm {loss_norm!r}; known: l1, l2")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         if mean_target not in ("lq", "clean"):
             raise ValueError(f"unknown mean_target {mean_target!r}; known: lq, clean")
+        if lr_upsample not in ("matlab", "torch"):
+            raise ValueError(f"unknown lr_upsample {lr_upsample!r}; known: matlab, torch")
+        if net_input not in ("residual", "official"):
+            raise ValueError(f"unknown net_input {net_input!r}; known: residual, official")
         if mean_target == "clean" and not 0 < noise_sigma < lam:
             raise ValueError(f"noise_sigma must be in (0, lam = {lam}), got {noise_sigma}")
         self.mean_target = mean_target
+        self.net_input = net_input
+        self.lr_upsample = lr_upsample
         self.noise_sigma = float(noise_sigma)
+        self.Options = DenoisingSDEOptions if mean_target == "clean" else IRSDEOptions
         self.num_steps = int(num_steps)
         self.lam = 2.0 * float(lam) / 255.0  # [-1, 1] scale
         self.eps = float(eps)
         self.schedule = schedule
-        self.loss_type = loss_type
-        self.loss_norm = loss_norm
+        self.objective = objective
+        self.loss_type = loss_type_name(loss_type)
         self.eta = float(eta)
         theta = theta_schedule(self.num_steps, schedule)
         theta_cumsum = np.cumsum(theta) - theta[0]  # θ̄_0 = 0 exactly: θ_0 is not a step
@@ -172,12 +226,54 @@ class IRSDE(Method):
         """The Denoising-SDE variant (μ = x0)."""
         return self.mean_target == "clean"
 
+    @classmethod
+    def link_config(cls, method: dict[str, Any], data: Any) -> None:
+        """Denoising-SDE: the noise level is written once, in the data's AWGN degradation. ``noise_sigma``
+        (where sampling starts) defaults to the training degradation's fixed sigma; given as well, it must
+        agree with it and with the validation degradation's: a model trained and validated at one sigma
+        that starts sampling at another is a mistake, not a choice (restore's noise_sigma= is the place for
+        another level). Blind training (a sigma range) states no single level: noise_sigma stays as given."""
+        if method.get("mean_target") != "clean":
+            return
+        for key in ("train", "val"):
+            spec = getattr(data, key, None)
+            deg = (getattr(spec, "degradation", None) or {}) if spec is not None else {}
+            sigma = deg.get("sigma")
+            if deg.get("name") != "awgn" or not isinstance(sigma, int | float):
+                continue
+            if "noise_sigma" not in method:
+                method["noise_sigma"] = float(sigma)
+            elif float(method["noise_sigma"]) != float(sigma):
+                raise ValueError(f"noise_sigma {method['noise_sigma']:g} disagrees with data.{key}.degradation.sigma "
+                                 f"{sigma:g}; write the noise level once, in the data's degradation")
+
+    def sample_options(self, sampler: str | None = None, **given: Any) -> SampleOptions:
+        opts = super().sample_options(sampler, **given)
+        lam = self.lam * 255.0 / 2.0
+        sigma = getattr(opts, "noise_sigma", None)
+        if sigma is not None and sigma >= lam:
+            raise OptionError("noise_sigma", f"must be in (0, {lam:g}) for this model (its lam), got {sigma:g}")
+        return opts
+
+    def max_steps(self, options: SampleOptions | None = None) -> int | None:
+        """T; Denoising-SDE: t*, the step where the input's noise level sits (sampling walks t* -> 0)."""
+        if not self.clean_mean:
+            return self.num_steps
+        sigma = getattr(options, "noise_sigma", None)
+        return max(self.start_step(self.noise_sigma if sigma is None else sigma), 1)
+
     def start_step(self, sigma: float) -> int:
         """Denoising-SDE: the step whose marginal std √v_t is closest to ``sigma`` (0–255 scale)."""
         target = 2.0 * float(sigma) / 255.0
         return int(np.argmin(np.abs(np.sqrt(self.variance(np.arange(self.num_steps + 1))) - target)))
 
     # --- net plumbing -------------------------------------------------------------------------
+    def upsample_input(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
+        if self.lr_upsample == "matlab":
+            return super().upsample_input(lr, scale)
+        # the reference's util.upscale: F.interpolate bicubic (a = −0.75, no antialias), not clamped
+        return nn.functional.interpolate(lr[None], scale_factor=scale, mode="bicubic")[0]
+
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels if self.clean_mean else 2 * img_channels
 
@@ -189,7 +285,12 @@ class IRSDE(Method):
 
     def net_output(self, net: nn.Module, x: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor
                    ) -> torch.Tensor:
-        """net(x_t − μ, level, cond=μ) (clean variant: net(x_t, level)); level t/T or log-SNR / 10."""
+        """net(x_t − μ, level, cond=μ) (clean variant: net(x_t, level)); level t/T or log-SNR / 10.
+
+        ``net_input == "official"``: net((x_t + 1)/2, t, cond=(μ + 1)/2), the reference code's call (ε)."""
+        if self.net_input == "official":
+            step = t.to(device=x.device, dtype=torch.float32)
+            return net((x + 1) / 2, step, None if self.clean_mean else (mu + 1) / 2)
         if self.noise_level_input == "log_snr":
             alpha, sigma = (c.view(-1) for c in self.target_coefs(t, x.double()))
             level = targets.log_snr(alpha, sigma).to(x.dtype) / 10
@@ -258,17 +359,17 @@ class IRSDE(Method):
         x_t = self.q_sample(x0, mu, t, noise)
         alpha, sigma = self.target_coefs(t, x0)
         out = self.net_output(net, x_t, mu, t)
-        if self.loss_type == "noise":
+        if self.objective == "noise":
             pred, target = out, targets.target(self.prediction, x0 if self.clean_mean else x0 - mu, noise, alpha, sigma)
         else:
             y = x_t if self.clean_mean else x_t - mu
             eps_hat = targets.split(self.prediction, out, y, alpha, sigma)[0]
             pred, target = self.reverse_sde_mean(x_t, eps_hat, mu, t), self.optimal_prev(x_t, x0, mu, t)
-        err = (pred - target).abs() if self.loss_norm == "l1" else (pred - target) ** 2
+        err = per_sample_mean(pixel_error(pred - target, self.loss_type))
         if self.min_snr_gamma is None:
-            return per_sample_mean(err)
+            return err
         snr = (alpha / sigma).view(-1) ** 2
-        return per_sample_mean(err) * targets.min_snr_weight(self.prediction, snr, self.min_snr_gamma)
+        return err * targets.min_snr_weight(self.prediction, snr, self.min_snr_gamma)
 
     def start(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """x_T = μ + λ ε (the reference's start; the exact marginal would need x0). Clean variant: the
@@ -280,14 +381,18 @@ class IRSDE(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: Steps | None = None,
                sampler: str | None = None, generator: torch.Generator | None = None,
                callback: Callback = None, **extra: Any) -> torch.Tensor:
-        """Restore ``cond`` (the degraded image, [-1, 1]); extra: ``eta`` for the posterior sampler,
-        ``clamp`` (default True) to clamp the final output to [-1, 1]."""
+        """Restore ``cond`` (the degraded image, [-1, 1]); extra: the options of ``self.Options`` (``eta`` for
+        the posterior sampler; ``noise_sigma`` for Denoising-SDE), ``clamp`` (default True) to clamp the
+        final output to [-1, 1]."""
         name = self.check_sampler(sampler)
         clamp = extra.pop("clamp", True)
+        opts = self.sample_options(name, **extra)
+        extra = {"eta": opts.eta} if name == "posterior" else {}
         steps = steps or self.default_steps
         if self.clean_mean:
             # Denoising-SDE: walk from t* (where the chain's std equals the input's noise) down to 0
-            t_star = self.start_step(extra.pop("noise_sigma", self.noise_sigma))
+            sigma = opts.noise_sigma
+            t_star = self.start_step(self.noise_sigma if sigma is None else sigma)
             if t_star == 0:  # below the chain's first step: nothing to remove
                 return cond.clamp(-1, 1) if clamp else cond
             if isinstance(steps, int | np.integer):
@@ -310,18 +415,18 @@ def posterior_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: to
     With a perfect ε̂ this is exact for any step subset (no discretisation error), so few steps work.
     """
     eta = method.eta if eta is None else float(eta)
-    ts = timesteps(method.num_steps, steps)
-    mu, x = cond, x_T
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+    mu = cond
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         x0_hat = method.predict(net, x, mu, t)[1]
         c_t, c_0, var = method.posterior_coefs(t, s)
         m = x0_hat if method.clean_mean else mu  # clean variant: μ = x0, estimated by x̂0
         x = m + float(c_t) * (x - m) + float(c_0) * (x0_hat - m)
         if eta > 0 and var > 0:
             x = x + eta * math.sqrt(var) * randn_like(x, generator)
-        if callback is not None:
-            callback(i, len(ts) - 1, x)
-    return x
+        return x
+
+    return run_steps(x_T, timesteps(method.num_steps, steps), update, callback)
 
 
 def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor,
@@ -333,9 +438,9 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         ODE: x_s = x_t − Δ (μ − x_t) +  λ²Δ·score
     First order: with T steps it matches the reference; with fewer, the error grows (use "posterior").
     """
-    ts = timesteps(method.num_steps, steps)
-    mu, x, lam2 = cond, x_T, method.lam**2
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+    mu, lam2 = cond, method.lam**2
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         delta = float(method.theta_bar[t] - method.theta_bar[s])
         eps_hat = method.predict_noise(net, x, mu, t)
         score = -eps_hat / math.sqrt(method.variance(t))
@@ -343,9 +448,9 @@ def _euler_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch
         x = x - delta * method.reversion(x, mu, eps_hat, t) + (0.5 * g2 if ode else g2) * score
         if not ode:
             x = x + math.sqrt(g2) * randn_like(x, generator)
-        if callback is not None:
-            callback(i, len(ts) - 1, x)
-    return x
+        return x
+
+    return run_steps(x_T, timesteps(method.num_steps, steps), update, callback)
 
 
 def sde_sampler(method: IRSDE, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: Steps,

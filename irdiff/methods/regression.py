@@ -10,12 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from irdiff.methods.base import Callback, Method, per_sample_mean
+from irdiff.methods.base import Callback, Method, loss_type_name, per_sample_mean, pixel_error
 from irdiff.registry import METHODS
-
-
-def charbonnier(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.sqrt(x * x + eps * eps)
 
 
 @METHODS.register("regression")
@@ -26,9 +22,8 @@ class Regression(Method):
     samplers = ("direct",)
 
     def __init__(self, loss_type: str = "l1", residual: bool = True, charbonnier_eps: float = 1e-3):
-        if loss_type not in ("l1", "l2", "charbonnier"):
-            raise ValueError(f"loss_type must be l1, l2 or charbonnier, got {loss_type!r}")
-        self.loss_type, self.residual, self.charbonnier_eps = loss_type, residual, charbonnier_eps
+        self.loss_type = loss_type_name(loss_type, ("l1", "l2", "charbonnier"))
+        self.residual, self.charbonnier_eps = residual, charbonnier_eps
 
     def net_in_channels(self, img_channels: int) -> int:
         return img_channels
@@ -38,12 +33,7 @@ class Regression(Method):
         return lq + out if self.residual else out
 
     def pixel_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        diff = pred - target
-        if self.loss_type == "l1":
-            return per_sample_mean(diff.abs())
-        if self.loss_type == "l2":
-            return per_sample_mean(diff * diff)
-        return per_sample_mean(charbonnier(diff, self.charbonnier_eps))
+        return per_sample_mean(pixel_error(pred - target, self.loss_type, self.charbonnier_eps))
 
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,7 +41,8 @@ class Regression(Method):
 
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any) -> torch.Tensor:
-        self.check_sampler(sampler)
+        extra.pop("mask", None)  # not an inpainting model: a mask in the batch is ignored
+        self.sample_options(sampler, **extra)  # takes no option: any is an error naming it
         out = self.restore(net, cond).clamp(-1, 1)
         if callback is not None:
             callback(0, 1, out)

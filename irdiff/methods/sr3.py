@@ -1,4 +1,4 @@
-"""SR3 / Palette: a conditional DDPM whose network sees the continuous noise level γ (DESIGN §3.1).
+"""SR3 / Palette: a conditional DDPM whose network sees the continuous noise level γ (docs/methods/sr3.md).
 
 Forward: y_t = √γ · y0 + √(1−γ) · ε with γ = ᾱ_t = ∏_{s≤t}(1−β_s), ᾱ_0 = 1 (float64 schedule).
 Training draws, per *sample*, t ~ U{1..T} and then γ ~ U(ᾱ_t, ᾱ_{t−1}); the network is fed γ (the
@@ -28,6 +28,7 @@ target's SNR factor (Hang et al. 2023), SNR = γ/(1−γ).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,14 +39,25 @@ from irdiff.methods import targets
 from irdiff.methods.base import (
     Callback,
     Method,
+    SampleOptions,
     cosine_alpha_bar,
     linear_betas,
+    loss_type_name,
+    option,
+    pixel_error,
     rand,
     randint,
     randn_like,
+    run_steps,
     step_indices,
 )
 from irdiff.registry import METHODS
+
+
+@dataclass(frozen=True)
+class SR3Options(SampleOptions):
+    eta: float | None = option("DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: the model's eta)",
+                               samplers=("ddim",), low=0)
 
 
 @METHODS.register("sr3")
@@ -55,7 +67,8 @@ class SR3(Method):
     Args:
         num_steps: training T (2000 in both reference repos).
         schedule: "linear" (β from ``beta_start`` to ``beta_end``) or "cosine" (Nichol & Dhariwal).
-        loss_type: p of the ε loss, 1 (SR3 repo, more conservative outputs) or 2 (Palette, more diverse).
+        loss_type: the norm of the ε loss, "l1" (SR3 repo, more conservative outputs) or "l2" (Palette, more
+            diverse); 1 / 2 as older configs wrote it.
         inpainting: Palette inpainting/uncropping mode (needs ``mask`` in batches and at sampling).
         clip_x0: clamp the predicted y0 to [−1, 1] at every sampling step.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
@@ -79,9 +92,10 @@ class SR3(Method):
 
     samplers = ("ddim", "ddpm")
     default_steps = 50
+    Options = SR3Options
 
     def __init__(self, num_steps: int = 2000, schedule: str = "linear", beta_start: float = 1e-6,
-                 beta_end: float = 1e-2, loss_type: int = 1, inpainting: bool = False, clip_x0: bool = True,
+                 beta_end: float = 1e-2, loss_type: str = "l1", inpainting: bool = False, clip_x0: bool = True,
                  eta: float = 0.0, noise_level_input: str = "noise_std", mask_channel: bool = True,
                  init_from_cond: bool = False, prediction: str = "eps", min_snr_gamma: float | None = None):
         if noise_level_input not in ("noise_std", "gamma", "sqrt_gamma", "log_snr"):
@@ -98,15 +112,13 @@ class SR3(Method):
         self.init_from_cond = bool(init_from_cond)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if loss_type not in (1, 2):
-            raise ValueError(f"loss_type must be 1 or 2, got {loss_type!r}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.num_steps = int(num_steps)
         self.schedule = schedule
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
-        self.loss_type = int(loss_type)
+        self.loss_type = loss_type_name(loss_type)
         self.inpainting = bool(inpainting)
         self.clip_x0 = bool(clip_x0)
         self.eta = float(eta)
@@ -153,7 +165,7 @@ class SR3(Method):
     def q_sample(self, x0: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor
                  ) -> torch.Tensor:
         """y_t = √ᾱ_t · y0 + √(1−ᾱ_t) · ε at integer t (B,) in 0..T (``cond`` unused)."""
-        return self._noisy(x0, torch.from_numpy(self.alpha_bar)[t.detach().long().cpu()], noise)
+        return self.add_noise(x0, torch.from_numpy(self.alpha_bar)[t.detach().long().cpu()], noise)
 
     def sample_gamma(self, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """γ ~ U(ᾱ_t, ᾱ_{t−1}) per sample, float64 (B,) on the CPU, for integer t in 1..T."""
@@ -174,7 +186,7 @@ class SR3(Method):
         gamma = self.sample_gamma(t, generator)
         if noise is None:
             noise = randn_like(x0, generator)
-        x_t = self._noisy(x0, gamma, noise)
+        x_t = self.add_noise(x0, gamma, noise)
         mask = batch.get("mask")
         cond = self.net_cond(lq, mask, generator)
         if self.inpainting:
@@ -182,8 +194,7 @@ class SR3(Method):
         pred = net(x_t, self.net_level(gamma).to(device=x0.device, dtype=x0.dtype), self.net_view(cond, x0.shape[1]))
         shape = (-1,) + (1,) * (x0.dim() - 1)
         alpha, sigma = (c.to(device=x0.device, dtype=x0.dtype).view(shape) for c in (gamma.sqrt(), (1 - gamma).sqrt()))
-        want = targets.target(self.prediction, x0, noise, alpha, sigma)
-        err = (pred - want).abs() if self.loss_type == 1 else (pred - want) ** 2
+        err = pixel_error(pred - targets.target(self.prediction, x0, noise, alpha, sigma), self.loss_type)
         if not self.inpainting:
             per_sample = err.flatten(1).mean(1)
         else:
@@ -198,18 +209,18 @@ class SR3(Method):
     def sample(self, net: nn.Module, cond: torch.Tensor, steps: int | None = None, sampler: str | None = None,
                generator: torch.Generator | None = None, callback: Callback = None, **extra: Any
                ) -> torch.Tensor:
-        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode."""
+        """Restore ``cond`` (the LQ batch); ``mask=`` is required in inpainting mode; options: SR3Options."""
         mask = extra.pop("mask", None)
-        if extra:
-            raise TypeError(f"SR3.sample got unexpected arguments: {', '.join(sorted(extra))}")
         name = self.check_sampler(sampler)
+        opts = self.sample_options(name, **extra)
         net_cond = self.net_cond(cond, mask, generator)
         if self.init_from_cond:  # the condition image, its hole noise included (Palette's test-time start)
             x_T = net_cond[:, : cond.shape[1]]
         else:
             x_T = self.paste_known(randn_like(cond, generator), net_cond)
-        fn = {"ddim": sample_ddim, "ddpm": sample_ddpm}[name]
-        return fn(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
+        if name == "ddim":
+            return sample_ddim(self, net, x_T, net_cond, steps or self.default_steps, generator, callback, opts.eta)
+        return sample_ddpm(self, net, x_T, net_cond, steps or self.default_steps, generator, callback)
 
     # --- helpers --------------------------------------------------------------------------------
     def net_level(self, gamma: torch.Tensor | float) -> torch.Tensor:
@@ -221,8 +232,8 @@ class SR3(Method):
             return (g.log() - (1 - g).clamp_min(1e-20).log()) / 10
         return g.sqrt() if self.noise_level_input == "sqrt_gamma" else g
 
-    def _noisy(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        # coefficients in float64, cast once
+    def add_noise(self, x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """y = √γ · x0 + √(1−γ) · noise for a (B,) level γ; coefficients in float64, cast once."""
         shape = (-1,) + (1,) * (x0.dim() - 1)
         g = gamma.to(torch.float64)
         a = g.sqrt().to(device=x0.device, dtype=x0.dtype).view(shape)
@@ -242,36 +253,32 @@ class SR3(Method):
 
 
 def sample_ddim(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
-                generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
-    """DDIM on a subset of the training levels; η = ``method.eta`` (0: deterministic)."""
+                generator: torch.Generator | None, callback: Callback, eta: float | None = None) -> torch.Tensor:
+    """DDIM on a subset of the training levels; η (default ``method.eta``; 0: deterministic)."""
+    eta = method.eta if eta is None else float(eta)
     ab = method.alpha_bar
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (t, s) in enumerate(zip(idx[:-1], idx[1:])):
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         g_t, g_s = float(ab[t]), float(ab[s])
         eps, x0 = method.predict(net, x, g_t, cond)
         if s == 0:
             x = x0
         else:
-            sigma = method.eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
+            sigma = eta * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
             x = math.sqrt(g_s) * x0 + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * randn_like(x, generator)
-        x = method.paste_known(x, cond)
-        if callback is not None:
-            callback(i, n, x)
-    return x
+        return method.paste_known(x, cond)
+
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)
 
 
 def sample_ddpm(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tensor, steps: int,
                 generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """Ancestral DDPM on any subset of levels: β = 1 − ᾱ_t/ᾱ_s between consecutive kept levels."""
     ab = method.alpha_bar
-    idx = step_indices(method.num_steps, steps)
-    x = x_T
-    n = len(idx) - 1
-    for i, (t, s) in enumerate(zip(idx[:-1], idx[1:])):
+
+    def update(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
         g_t, g_s = float(ab[t]), float(ab[s])
         alpha = g_t / g_s
         beta = 1 - alpha
@@ -283,7 +290,6 @@ def sample_ddpm(method: SR3, net: nn.Module, x_T: torch.Tensor, cond: torch.Tens
         if s > 0:
             var = beta * (1 - g_s) / (1 - g_t)
             x = x + math.sqrt(var) * randn_like(x, generator)
-        x = method.paste_known(x, cond)
-        if callback is not None:
-            callback(i, n, x)
-    return x
+        return method.paste_known(x, cond)
+
+    return run_steps(x_T, step_indices(method.num_steps, steps), update, callback)

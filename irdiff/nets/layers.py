@@ -53,6 +53,18 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, scale: float = 1000.0, 
     return emb
 
 
+def sinusoidal_sin_cos(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) -> (B, 2·(dim // 2)): sin then cos of t·10000^(−i/(half − 1)), i = 0..half − 1, half = dim // 2.
+
+    The DDPM / lucidrains time embedding of the raw time value (no scaling), used by the official
+    Cold Diffusion and RDDM U-Nets; the last frequency is exactly 1/10000 (denominator half − 1).
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000) / (half - 1)))
+    args = t[:, None] * freqs[None, :]
+    return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
 class NoiseLevelEmbedding(nn.Module):
     """(B,) or (B, k) continuous noise levels -> (B, emb_dim): sinusoids per component, then an MLP."""
 

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from irdiff.nets.layers import AttentionBlock, ResBlock, format_noise_level, pad_to_multiple, sinusoidal_embedding
-from irdiff.registry import NETS
 
 _GROUPS, _GN_EPS = 32, 1e-5  # the official normalization(): GroupNorm32(32, C), torch's default eps
 
@@ -76,7 +75,6 @@ class LegacyOrderAttention(AttentionBlock):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-@NETS.register("official_palette")
 class OfficialPaletteUNet(nn.Module):
     """net(x_t, γ, cond) = Palette's guided-diffusion UNet(cat[cond, x_t], γ). Arguments carry the official
     names; ``in_channels`` / ``out_channels`` are set by the method (x and cond together, as in_channel)."""

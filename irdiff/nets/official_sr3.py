@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from irdiff.nets.layers import Downsample, Upsample, format_noise_level, pad_to_multiple, sinusoidal_embedding
-from irdiff.registry import NETS
 
 # torch's GroupNorm default, which the official blocks use (irdiff's own blocks use 1e-6)
 _GN_EPS = 1e-5
@@ -93,7 +92,6 @@ class SR3Stage(nn.Module):
         return x if self.attn is None else self.attn(x)
 
 
-@NETS.register("official_sr3")
 class OfficialSR3UNet(nn.Module):
     """net(x_t, √γ, cond) = SR3's UNet(cat[cond, x_t], √γ). Arguments carry the official names
     (``in_channels`` / ``out_channels`` are set by the method: x and cond together, as the official in_channel)."""

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from irdiff.nets.layers import LayerNorm2d, NoiseLevelEmbedding, film, pad_to_multiple, to_memory_format_of
-from irdiff.registry import NETS
 
 
 class SimpleGate(nn.Module):
@@ -52,7 +51,6 @@ class NAFBlock(nn.Module):
         return y + self.dropout(h) * self.gamma.to(x.dtype)
 
 
-@NETS.register("nafnet")
 class NAFNet(nn.Module):
     """NAFNet encoder-decoder. ``forward(x, noise_level=None, cond=None)``.
 

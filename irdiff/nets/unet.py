@@ -15,10 +15,8 @@ from irdiff.nets.layers import (
     pad_to_multiple,
     to_memory_format_of,
 )
-from irdiff.registry import NETS
 
 
-@NETS.register("unet")
 class UNet(nn.Module):
     """ResBlocks with FiLM noise-level conditioning, self-attention at chosen levels, skip connections.
 

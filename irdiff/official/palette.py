@@ -22,7 +22,6 @@ import torch
 
 from irdiff.nets.official_palette import OfficialPaletteUNet, rename_official
 from irdiff.official import OfficialCheckpointError, OfficialFormat, register_format, strip_prefix
-from irdiff.official.sr3 import framework_fields
 
 # config/inpainting_celebahq.json = config/inpainting_places2.json ("module_name": "guided_diffusion")
 DEFAULTS: dict[str, Any] = dict(in_channel=6, out_channel=3, inner_channel=64, channel_mults=[1, 2, 4, 8],
@@ -76,7 +75,7 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     return {
         "name": f"palette_official_{task}",
         "img_channels": arch["out_channel"],
-        "method": {"name": "sr3", **SCHEDULE, "loss_type": 2, "noise_level_input": "gamma", "clip_x0": True,
+        "method": {"name": "sr3", **SCHEDULE, "loss_type": "l2", "noise_level_input": "gamma", "clip_x0": True,
                    "inpainting": True, "mask_channel": False, "init_from_cond": True},
         "net": {"name": "official_palette", **net},
         "data": {"train": {"name": "synthetic", "patch_size": arch["image_size"],
@@ -94,4 +93,4 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
 
 FORMAT = register_format(OfficialFormat(
     name="palette", defaults=DEFAULTS, build=build, select=select, rename=rename_official, model_json=model_json,
-    tasks=TASKS, **framework_fields(paper=PAPER)))
+    tasks=TASKS, paper=PAPER))

@@ -87,7 +87,7 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     return {
         "name": f"sr3_official_{task}",
         "img_channels": arch["out_channel"],
-        "method": {"name": "sr3", **SCHEDULE, "loss_type": 1, "noise_level_input": "sqrt_gamma", "clip_x0": True},
+        "method": {"name": "sr3", **SCHEDULE, "loss_type": "l1", "noise_level_input": "sqrt_gamma", "clip_x0": True},
         "net": {"name": "official_sr3", **net},
         # the LR input is bicubic-upsampled by the scale (the official data: PIL bicubic, see docs)
         "data": {"train": {"name": "paired", "scale": TASK_SCALE[task], "patch_size": arch["image_size"]}},
@@ -101,12 +101,6 @@ def model_json(arch: dict[str, Any], task: str | None) -> dict[str, Any]:
     }
 
 
-def framework_fields(**fields: Any) -> dict[str, Any]:
-    """The fields of OfficialFormat that the framework's version has (task_defaults and paper arrive with
-    irdiff import; the committed skeleton lacks them)."""
-    return {k: v for k, v in fields.items() if k in OfficialFormat.__dataclass_fields__}
-
-
 FORMAT = register_format(OfficialFormat(
     name="sr3", defaults=DEFAULTS, build=build, select=select, rename=rename_official, model_json=model_json,
-    tasks=tuple(TASK_ARCH), **framework_fields(task_defaults=TASK_ARCH, paper=PAPER)))
+    tasks=tuple(TASK_ARCH), task_defaults=TASK_ARCH, paper=PAPER))

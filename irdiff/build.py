@@ -1,0 +1,37 @@
+"""Build a config's method and trainable model from the registries (used by training and inference).
+
+Kept apart from the trainer so that loading a model for inference never imports the training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from irdiff.config import Config, ConfigError
+from irdiff.methods.base import Method
+from irdiff.registry import METHODS
+
+
+def build_method(cfg: Config) -> Method:
+    """The method named by ``cfg.method`` with its keyword arguments; a bad value is a ConfigError."""
+    m = cfg.method
+    try:
+        return METHODS.build(m["name"], where="method", **method_kwargs(m))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"method: {e}") from None
+
+
+def method_kwargs(section: dict[str, Any]) -> dict[str, Any]:
+    """A ``method`` config section's keyword arguments, in today's spelling (``Method.canonical_kwargs``)."""
+    kwargs = {k: v for k, v in section.items() if k != "name"}
+    cls = METHODS.get(section["name"]) if section.get("name") in METHODS else None
+    return cls.canonical_kwargs(kwargs) if cls is not None else kwargs
+
+
+def build_model(cfg: Config, method: Method) -> nn.Module:
+    """The trainable module, initialised from ``cfg.seed`` (parameter init is part of the run's seed)."""
+    torch.manual_seed(cfg.seed)
+    return method.build_net(dict(cfg.net), cfg.img_channels)
