@@ -297,7 +297,7 @@ def test_irsde_losses_with_the_true_target(prediction, level_input):
     t = torch.tensor([1, 10, 50, 100])
     noise = torch.randn(x0.shape, generator=gen(30), dtype=torch.float64)
     batch = {"gt": x0, "lq": mu}
-    m = IRSDE(lam=30, loss_type="noise", prediction=prediction, noise_level_input=level_input)
+    m = IRSDE(lam=30, objective="noise", prediction=prediction, noise_level_input=level_input)
     assert m.loss(IRSDEOracle(m, x0, mu, prediction), batch, t=t, noise=noise).max() < 1e-12
     # the optimal-path loss sees ε̂ only: identical for every parametrisation of the same oracle
     ref = IRSDE(lam=30, noise_level_input=level_input)
@@ -315,7 +315,7 @@ def test_irsde_min_snr_weight(prediction):
     def bad_net(x, level, cond=None):
         return 0.3 * x - 0.2
 
-    kw = {"lam": 30, "loss_type": "noise", "loss_norm": "l2", "prediction": prediction}
+    kw = {"lam": 30, "objective": "noise", "loss_type": "l2", "prediction": prediction}
     plain = IRSDE(**kw).loss(bad_net, {"gt": x0, "lq": mu}, t=t, noise=noise)
     weighted = IRSDE(min_snr_gamma=5.0, **kw).loss(bad_net, {"gt": x0, "lq": mu}, t=t, noise=noise)
     alpha, sigma = irsde_coefs(IRSDE(lam=30))
@@ -323,6 +323,18 @@ def test_irsde_min_snr_weight(prediction):
     np.testing.assert_allclose((weighted / plain).numpy(), want, rtol=1e-10)
     with pytest.raises(ValueError, match="min_snr_gamma"):
         IRSDE(min_snr_gamma=5.0)  # the optimal-path loss has its own weighting
+    with pytest.raises(ValueError, match="min_snr_gamma"):  # an older config's spelling of the same objective
+        IRSDE(loss_type="optimal_path", loss_norm="l2", min_snr_gamma=5.0)
+    # an older config's spelling of the noise objective takes the weight too
+    old = IRSDE(lam=30, loss_type="noise", loss_norm="l2", prediction=prediction, min_snr_gamma=5.0)
+    torch.testing.assert_close(old.loss(bad_net, {"gt": x0, "lq": mu}, t=t, noise=noise), weighted, rtol=0, atol=0)
+
+
+def test_irsde_official_nets_predict_eps():
+    with pytest.raises(ValueError, match="net_input: official"):
+        IRSDE(net_input="official", prediction="x0")
+    with pytest.raises(ValueError, match="net_input: official"):
+        IRSDE(net_input="official", noise_level_input="log_snr")
 
 
 # ---- Noise-DA teacher -----------------------------------------------------------------------------
