@@ -155,10 +155,15 @@ def run_cbm3d(max_images: int | None) -> None:
 
 
 def model_key(name: str) -> str:
-    from irdiff.inference import resolve_model
+    """A hash of the inference net's weights as loaded (float32): a training run's checkpoint and the model
+    exported from it share their cache."""
+    import irdiff
 
-    weights, _, _ = resolve_model(name)
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for k, v in sorted(irdiff.load(name).net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_model(name: str, max_images: int | None, shard: tuple[int, int] = (0, 1)) -> str:
