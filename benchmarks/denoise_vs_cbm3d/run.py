@@ -132,12 +132,18 @@ def append(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run_cbm3d(max_images: int | None) -> None:
+def in_shard(job: tuple, shard: tuple[int, int]) -> bool:
+    """--shard i/n: one of n processes (a core each) takes the jobs whose key hashes to i, a split that does
+    not depend on what the others have already written."""
+    return zlib.crc32(f"{job[0]}/{job[2].name}/{job[3]}/{job[4]}".encode()) % shard[1] == shard[0]
+
+
+def run_cbm3d(max_images: int | None, shard: tuple[int, int] = (0, 1)) -> None:
     import bm3d
 
     cache_path = HERE / "cache_cbm3d.jsonl"
     done = read_cache(cache_path)
-    todo = [j for j in jobs(max_images) if (j[0], j[2].name, j[3], j[4]) not in done]
+    todo = [j for j in jobs(max_images) if (j[0], j[2].name, j[3], j[4]) not in done and in_shard(j, shard)]
     print(f"cbm3d: {len(todo)} images to denoise", flush=True)
     for cell, i, f, sigma, protocol in todo:
         clean = clean_image(cell, f)
@@ -177,9 +183,7 @@ def run_model(name: str, max_images: int | None, shard: tuple[int, int] = (0, 1)
     cache_path = HERE / f"cache_model_{key}.jsonl"
     done = read_cache(cache_path)
     todo = [j for j in jobs(max_images) if (j[0], j[2].name, j[3], j[4]) not in done]
-    # --shard i/n: one of n processes (a core each) takes the jobs whose key hashes to i: a split that does
-    # not depend on what the others have already written
-    todo = [j for j in todo if zlib.crc32(f"{j[0]}/{j[2].name}/{j[3]}/{j[4]}".encode()) % shard[1] == shard[0]]
+    todo = [j for j in todo if in_shard(j, shard)]
     restorer = irdiff.load(name)
     print(f"model {name} ({key}): {len(todo)} images", flush=True)
     for cell, i, f, sigma, protocol in todo:
@@ -256,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     if not data_root().is_dir():
         print(f"error: no data folder {data_root()} (set IRDIFF_DATA)", file=sys.stderr)
         return 1
+    i, n = (int(v) for v in args.shard.split("/"))
     if args.what in ("all", "model"):
-        i, n = (int(v) for v in args.shard.split("/"))
         run_model(args.model, args.max_images, (i, n))
     if args.what in ("all", "cbm3d"):
-        run_cbm3d(args.max_images)
+        run_cbm3d(args.max_images, (i, n))
     if args.what in ("all", "report"):
         report(args.model)
     return 0
