@@ -13,11 +13,13 @@ Tensors are float32 (C, H, W) in [0, 1]; arrays are H x W x C. Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,24 @@ def decode_array(data: bytes, name: str | os.PathLike, max_pixels: int | None = 
     return _decode_pil(name, data, max_pixels, alpha)
 
 
+@contextlib.contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Pillow's many failure types -> one-line ImageReadErrors naming the file. Our own max_pixels check
+    replaces Pillow's decompression-bomb warning; its hard error (2x the limit) still applies."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large (decompression bomb guard: {e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image (unrecognised format)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
+        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+
+
 def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) as :func:`read_image` would return it (EXIF orientation applied), from the header
     only: a cheap check of a whole folder before work starts. Missing, empty, non-image and too large
@@ -116,23 +136,13 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageReadError(path, "no such file")
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not a file")
-    try:
+    with _pillow_errors(path):
         if path.stat().st_size == 0:
             raise ImageReadError(path, "empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                _check_size(path, w, h, max_pixels)
-                orientation = img.getexif().get(0x0112, 1)  # 5..8: stored transposed
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"image too large (decompression bomb guard: {e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageReadError(path, "not an image (unrecognised format)") from e
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
-        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+        with Image.open(path) as img:
+            w, h = img.size
+            _check_size(path, w, h, max_pixels)
+            orientation = img.getexif().get(0x0112, 1)  # 5..8: stored transposed
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -171,23 +181,11 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> 
 
 
 def _decode_pil(path: Path, data: bytes, max_pixels: int | None, alpha: bool = False) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            # Our own max_pixels check replaces Pillow's warning; its hard error (2x) still applies.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                _check_size(path, img.width, img.height, max_pixels)
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _pil_to_array(img, alpha)
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"image too large (decompression bomb guard: {e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageReadError(path, "not an image (unrecognised format)") from e
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as e:
-        raise ImageReadError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    with _pillow_errors(path), Image.open(io.BytesIO(data)) as img:
+        _check_size(path, img.width, img.height, max_pixels)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _pil_to_array(img, alpha)
 
 
 def _pil_to_array(img: Image.Image, alpha: bool = False) -> np.ndarray:
