@@ -31,6 +31,7 @@ ALL_SPECS = [
     {"name": "haze"},
     {"name": "chain", "ops": [{"name": "gaussian_blur", "sigma": 1.0}, {"name": "bicubic_down", "scale": 2},
                               {"name": "awgn", "sigma": 10}]},
+    {"name": "one_of", "ops": [{"name": "gaussian_blur", "sigma": [0.5, 3]}, {"name": "motion_blur"}]},
 ]
 
 
@@ -56,7 +57,7 @@ def test_deterministic_and_rank_preserving(spec):
 
 def test_registry_names():
     for name in ["awgn", "poisson_gaussian", "gaussian_blur", "motion_blur", "bicubic_down", "jpeg", "mask",
-                 "rain", "haze", "chain"]:
+                 "rain", "haze", "chain", "one_of"]:
         assert name in DEGRADATIONS
 
 
@@ -237,6 +238,9 @@ def test_chain_composition():
     ({"name": "haze", "airlight": 1.5}, "airlight"),
     ({"name": "haze", "depth": "lidar"}, "depth"),
     ({"name": "chain", "ops": []}, "ops"),
+    ({"name": "one_of", "ops": []}, "ops"),
+    ({"name": "one_of", "ops": ["awgn", "jpeg"], "weights": [1]}, "weights"),
+    ({"name": "one_of", "ops": ["awgn", "jpeg"], "weights": [0, 0]}, "weights"),
 ])
 def test_impossible_params_raise_naming_param(spec, param):
     with pytest.raises(ValueError, match=rf"{spec['name']}\.{param}"):
@@ -248,3 +252,18 @@ def test_unknown_key_and_bad_input():
         D.build_degradation({"name": "awgn", "bogus": 1})
     with pytest.raises(ValueError, match="tensor"):
         D.AWGN(5)(torch.zeros(8, 8), gen())
+
+
+def test_one_of_draws_each_op_per_image_in_proportion():
+    # weights 3:1 between two degradations whose outputs are told apart exactly (no noise: constant shifts)
+    x = torch.full((400, 1, 4, 4), 0.5)
+    d = D.build_degradation({"name": "one_of", "weights": [3, 1], "ops": [
+        {"name": "haze", "beta": 0.0, "airlight": 0.0, "depth": "gradient"},  # t = 1: identity
+        {"name": "jpeg", "quality": 50}]})
+    out = d(x, gen(3))
+    assert torch.equal(out, d(x, gen(3)))
+    picked_identity = (out == x).flatten(1).all(1)
+    share = picked_identity.double().mean().item()
+    assert 0.68 < share < 0.82  # 0.75 +- ~3.5 sigma for 400 draws
+    single = torch.stack([d(x[i], gen(3)) for i in range(2)])
+    assert single.shape == (2, 1, 4, 4)

@@ -577,3 +577,35 @@ class Chain:
                 img, m = img
                 mask = m if mask is None else torch.maximum(mask, m)
         return img if mask is None else (img, mask)
+
+
+@DEGRADATIONS.register("one_of")
+@dataclass
+class OneOf:
+    """One degradation drawn per image from ``ops`` (with optional ``weights``), e.g. Gaussian or motion
+    blur for a blind deblurring model: ``{"name": "one_of", "ops": [{"name": "gaussian_blur"}, ...]}``.
+    The choice uses the same generator as the ops, so a seeded item is reproducible."""
+
+    ops: Sequence[Any] = field(default_factory=list)
+    weights: Sequence[float] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.ops, (list, tuple)) or not self.ops:
+            raise ValueError(f"one_of.ops must be a non-empty list of degradations, got {self.ops!r}")
+        self._ops = [build_degradation(op, where=f"one_of.ops[{i}]") for i, op in enumerate(self.ops)]
+        w = [1.0] * len(self._ops) if self.weights is None else list(self.weights)
+        if len(w) != len(self._ops) or any(not isinstance(v, (int, float)) or v < 0 for v in w) or sum(w) <= 0:
+            raise ValueError(f"one_of.weights must be {len(self._ops)} non-negative numbers, not all 0, got {w!r}")
+        self._cum = torch.tensor(w, dtype=torch.float64).cumsum(0) / sum(w)
+
+    def _pick(self, generator: Generator | None):
+        u = float(_rand((1,), generator)[0])
+        return self._ops[min(int(torch.searchsorted(self._cum, u, right=True)), len(self._ops) - 1)]
+
+    def __call__(self, img: Tensor, generator: Generator | None):
+        if img.dim() == 3:
+            return self._pick(generator)(img, generator)
+        outs = [self._pick(generator)(x[None], generator) for x in img]
+        if isinstance(outs[0], tuple):
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return torch.cat(outs)
