@@ -1,0 +1,78 @@
+"""The trainer's speed choices: mixed_precision auto / bf16 detection, the one-pass gradient guard + clip,
+fused AdamW (issue 13, item 3; benchmarks/train_throughput)."""
+
+import pytest
+import torch
+
+from irdiff import sysinfo
+from irdiff.train import _grad_norm, resolve_mixed_precision
+
+
+@pytest.mark.parametrize("native, want", [(True, "bf16"), (False, "no")])
+def test_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch, native, want):
+    monkeypatch.setattr(sysinfo, "native_bf16", lambda: native)
+    assert resolve_mixed_precision("auto", cuda=False) == want
+    assert resolve_mixed_precision("no", cuda=False) == "no"
+
+
+def test_explicit_bf16_on_a_cpu_without_it_is_kept_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(sysinfo, "native_bf16", lambda: False)
+    assert resolve_mixed_precision("bf16", cuda=False) == "bf16"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("warning: train.mixed_precision is bf16") and "auto" in out
+    monkeypatch.setattr(sysinfo, "native_bf16", lambda: True)
+    assert resolve_mixed_precision("bf16", cuda=False) == "bf16"
+    assert capsys.readouterr().out == ""
+
+
+def test_native_bf16_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), None)
+    if flags is None:
+        pytest.skip("no CPU flags line")
+    assert sysinfo.native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _net_with_grads(seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    (net(torch.randn(2, 3, 9, 9)) ** 2).sum().mul(100).backward()
+    return net
+
+
+def test_guard_norm_and_clip_equal_torchs_clip_grad_norm():
+    a = _net_with_grads()
+    b = _net_with_grads()  # the same net and gradients
+    params = list(a.parameters())
+    norm = _grad_norm(params)
+    torch.nn.utils.clip_grads_with_norm_(params, 1.0, norm)
+    want = torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+    assert torch.equal(norm, want) and float(norm) > 1.0  # clipping did something
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_guard_norm_is_not_finite_when_one_gradient_is_not(bad):
+    net = _net_with_grads()
+    next(iter(net.parameters())).grad[0, 0, 0, 0] = bad
+    assert not torch.isfinite(_grad_norm(list(net.parameters())))
+    assert float(_grad_norm([torch.nn.Parameter(torch.ones(2))])) == 0.0  # no gradient at all: nothing to guard
+
+
+def test_trainer_uses_fused_adamw_and_resolves_auto(tmp_path, image_folder):
+    from test_train import tiny_config
+
+    from irdiff.config import load_config, to_dict
+    from irdiff.train import Trainer
+
+    data = to_dict(tiny_config(image_folder, steps=2))
+    data["train"]["mixed_precision"] = "auto"
+    trainer = Trainer(load_config(base=data), tmp_path / "run", progress=False)
+    assert trainer.mixed_precision == ("bf16" if sysinfo.native_bf16() else "no")
+    assert trainer.opt.param_groups[0]["fused"] is True
