@@ -113,6 +113,16 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
+def _state_like_params(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer-state tensor its parameter's strides. A checkpoint's tensors are contiguous
+    while a channels_last net's are not, and fused AdamW pairs them element by element in memory order:
+    without this, a resumed channels_last run updated the wrong elements (found by a resume test)."""
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     """``train.mixed_precision`` as accelerate takes it. ``auto``: bf16 where the hardware computes it natively
     (a CUDA device with bf16; a CPU with AVX512-BF16 / AMX, ``sysinfo.native_bf16``), else no. An explicit
@@ -212,6 +222,7 @@ class Trainer:
         self.ema.load_state_dict(load_tensors(ckpt / "ema.safetensors"))
         self.opt.load_state_dict(optimizer_from_flat(load_tensors(ckpt / "optimizer.safetensors"),
                                                      state["optimizer"]))
+        _state_like_params(self.opt)
         self.start, self.bad_total = state["step"], state.get("bad_steps", 0)
         if self.main:
             print(f"resuming from {ckpt} (step {self.start})")

@@ -65,14 +65,41 @@ def test_guard_norm_is_not_finite_when_one_gradient_is_not(bad):
     assert float(_grad_norm([torch.nn.Parameter(torch.ones(2))])) == 0.0  # no gradient at all: nothing to guard
 
 
-def test_trainer_uses_fused_adamw_and_resolves_auto(tmp_path, image_folder):
+def test_trainer_uses_fused_adamw_and_resolves_auto(tmp_path, image_folder, monkeypatch):
     from test_train import tiny_config
 
     from irdiff.config import load_config, to_dict
     from irdiff.train import Trainer
 
+    # accelerate fixes the precision once per process (the other tests train in float32): auto -> no here
+    monkeypatch.setattr(sysinfo, "native_bf16", lambda: False)
     data = to_dict(tiny_config(image_folder, steps=2))
     data["train"]["mixed_precision"] = "auto"
     trainer = Trainer(load_config(base=data), tmp_path / "run", progress=False)
-    assert trainer.mixed_precision == ("bf16" if sysinfo.native_bf16() else "no")
+    assert trainer.mixed_precision == "no"
     assert trainer.opt.param_groups[0]["fused"] is True
+
+
+def test_channels_last_run_with_fused_adamw_resumes_bit_exactly(tmp_path, image_folder):
+    """channels_last + fused AdamW: the optimizer state read back from a checkpoint is contiguous, the
+    parameters are not; unless the trainer gives the state the parameters' strides, fused AdamW pairs the
+    wrong elements and the resumed run departs from the uninterrupted one."""
+    from test_train import losses, tiny_config
+
+    from irdiff.checkpoint import latest_checkpoint, load_tensors
+    from irdiff.config import load_config, to_dict
+    from irdiff.train import train
+
+    def cfg(steps):
+        data = to_dict(tiny_config(image_folder, steps=steps))
+        data["train"].update(channels_last=True)
+        return load_config(base=data)
+
+    train(cfg(4), tmp_path / "a", progress=False)
+    train(cfg(2), tmp_path / "b", progress=False)
+    train(cfg(4), tmp_path / "b", progress=False)  # resumes from step 2
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(la) == [1, 2, 3, 4] and la == lb
+    ea = load_tensors(latest_checkpoint(tmp_path / "a") / "ema.safetensors")
+    eb = load_tensors(latest_checkpoint(tmp_path / "b") / "ema.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
