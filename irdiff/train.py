@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,13 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _state_like_params(opt: torch.optim.Optimizer) -> None:
     """Give each loaded optimizer-state tensor its parameter's strides. A checkpoint's tensors are contiguous
     while a channels_last net's are not, and fused AdamW pairs them element by element in memory order:
@@ -210,6 +218,11 @@ class Trainer:
                                      fused=fused or None)
         self.model = model
         self.gen = torch.Generator(device=self.device)
+        self._pool, self._next = None, None  # the batch-making thread; (step, future) of the batch it makes
+        if self.device.type == "cuda" or _usable_cores() > torch.get_num_threads():
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="irdiff-batches")
 
     def resume(self) -> int:
         """Load the latest checkpoint, if any (its config must match); returns the step to start at."""
@@ -229,11 +242,31 @@ class Trainer:
         return self.start
 
     # ---- one step ------------------------------------------------------------------------------
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        """Global batch ``step`` (this process's share), in the method's range, with the run's progress."""
+    def _cpu_batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The items of batch ``step``, collated on the CPU (a pure function of the step)."""
         batch = collate([self.train_set[k] for k in self.plan.keys(step)])
         if self.real_plan is not None:
             batch.update(collate([self.real_set[k] for k in self.real_plan.keys(step)]))
+        return batch
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """Global batch ``step`` (this process's share), in the method's range, with the run's progress.
+
+        With a spare core (or a GPU doing the math), batch ``step + 1`` is made on a background thread while
+        step ``step`` computes: one thread at a time touches the datasets (the next batch is asked for only
+        once this one is in hand), and a batch depends on its step alone, so the run is the same either way.
+        """
+        from concurrent.futures import wait
+
+        pending, self._next = self._next, None
+        if pending is not None and pending[0] == step:
+            batch = pending[1].result()
+        else:
+            if pending is not None:  # another step was asked for: let the thread finish before touching the data
+                wait([pending[1]])
+            batch = self._cpu_batch(step)
+        if self._pool is not None and step + 1 < self.cfg.train.steps:
+            self._next = (step + 1, self._pool.submit(self._cpu_batch, step + 1))
         batch = _model_batch(batch, self.device, self.cfg.train.channels_last)
         # where the run is, for schedules inside a loss (Noise-DA's ramp); other methods ignore it
         n = next(iter(batch.values())).shape[0]
@@ -375,6 +408,9 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool, self._next = None, None
         accel.end_training()
         return {"step": step, "metrics": self.last_metrics, "bad_steps": self.bad_total,
                 "seconds": time.time() - self.t0, "run_dir": str(self.run_dir)}

@@ -103,3 +103,35 @@ def test_channels_last_run_with_fused_adamw_resumes_bit_exactly(tmp_path, image_
     ea = load_tensors(latest_checkpoint(tmp_path / "a") / "ema.safetensors")
     eb = load_tensors(latest_checkpoint(tmp_path / "b") / "ema.safetensors")
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_batches_made_on_a_background_thread_give_the_same_run(tmp_path, image_folder, monkeypatch):
+    import threading
+
+    from test_train import losses, tiny_config
+
+    import irdiff.train as train_module
+    from irdiff.checkpoint import latest_checkpoint, load_tensors
+    from irdiff.config import load_config, to_dict
+
+    data = to_dict(tiny_config(image_folder, steps=5))
+    data["data"]["train"]["grey_fraction"] = 0.5  # more of the item's random draws
+    cfg = load_config(base=data)
+    made_on = []
+    cpu_batch = train_module.Trainer._cpu_batch
+
+    def spy(self, step):
+        made_on.append((step, threading.current_thread().name.startswith("irdiff-batches")))
+        return cpu_batch(self, step)
+
+    monkeypatch.setattr(train_module.Trainer, "_cpu_batch", spy)
+    for name, cores in (("background", 64), ("inline", 1)):
+        monkeypatch.setattr(train_module, "_usable_cores", lambda cores=cores: cores)
+        made_on.clear()
+        train_module.train(cfg, tmp_path / name, progress=False)
+        assert [s for s, _ in made_on] == list(range(5))  # each batch made once, in order
+        assert [bg for _, bg in made_on] == ([False] + [True] * 4 if name == "background" else [False] * 5)
+    assert losses(tmp_path / "background") == losses(tmp_path / "inline")
+    ea = load_tensors(latest_checkpoint(tmp_path / "background") / "ema.safetensors")
+    eb = load_tensors(latest_checkpoint(tmp_path / "inline") / "ema.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
