@@ -140,6 +140,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                         "diffusion models; default: the model's sample.color_fix, normally none)")
     p.add_argument("--mask", help="inpainting models: a mask image for every input, or a folder of masks named "
                    "like the inputs (white = pixels to fill)")
+    p.add_argument("--ensemble", action="store_true", help="self-ensemble: average the restorations of the 8 "
+                   "flips / 90° rotations (8x the time; one-pass models only)")
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (none anyway unless stderr is a terminal); one line per file is printed")
@@ -323,6 +325,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise
         raise UsageError("--model", str(e)) from None
     _check_model_arguments(args, method, cfg)
+    if args.ensemble:
+        from irdiff.ensemble import check_ensemble
+
+        try:
+            check_ensemble(method)
+        except OptionError as e:
+            raise UsageError("--ensemble", f"model {args.model}: {e.problem}") from None
     # 3. the work
     _set_threads(args)
     restorer = load(args.model, device=args.device)
@@ -353,7 +362,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             g.manual_seed(args.seed)
             res = restorer.restore(arr, steps=args.steps, tile=args.tile, overlap=args.overlap,
                                    generator=g, sampler=args.sampler, tile_batch=args.tile_batch,
-                                   progress=show, mask=mask, color_fix=args.color_fix,
+                                   progress=show, mask=mask, color_fix=args.color_fix, ensemble=args.ensemble,
                                    **{n: getattr(args, n) for n in SAMPLING_FLAGS})
             bits = 16 if res.dtype.kind == "u" and res.dtype.itemsize == 2 and target.suffix.lower() == ".png" else 8
             try:

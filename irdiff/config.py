@@ -69,7 +69,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the weights (the exported, validated and sampled net)
     ema_start: int = 0  # EMA copies the weights until this step
     grad_clip: float | None = 1.0  # clip the global gradient norm (None: off)
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 where the hardware has it natively, else no)
     channels_last: bool = False  # channels-last memory format (GPU convolutions)
     log_every: int = 50  # log.jsonl / TensorBoard every N steps
     val_every: int = 0  # 0 = only at the end
@@ -272,7 +272,8 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     need(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
-    need(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be no, bf16 or fp16")
+    need(t.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
+         "must be no, bf16, fp16 or auto")
     need(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule", "must be constant or cosine")
     need(t.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
     need(cfg.img_channels in (1, 3), "img_channels", "must be 1 or 3")

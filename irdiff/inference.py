@@ -38,6 +38,7 @@ from irdiff.checkpoint import CheckpointError, latest_checkpoint, load_state, lo
 from irdiff.colorfix import COLOR_FIXES
 from irdiff.colorfix import color_fix as _color_fix
 from irdiff.config import Config, from_dict
+from irdiff.ensemble import N_TRANSFORMS, check_ensemble, self_ensemble
 from irdiff.methods.base import Method, OptionError, SampleOptions, from_method_range, to_method_range
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -281,7 +282,7 @@ class Restorer:
                 generator: torch.Generator | None = None, progress: bool | Callable[[float], None] = True,
                 sampler: str | None = None,
                 tile_batch: int | None = None, mask: Any = None, color_fix: str | None = None,
-                eta: float | None = None, noise_sigma: float | None = None) -> Any:
+                eta: float | None = None, noise_sigma: float | None = None, ensemble: bool = False) -> Any:
         """Restore a numpy / PIL / tensor image; returns the same type, dtype and layout.
 
         steps/sampler: the method's sampling settings (default: the run's); steps must lie in
@@ -299,17 +300,21 @@ class Restorer:
         eta, noise_sigma: the method's sampling options (``method.Options``: SR3, RDDM and IR-SDE's
         posterior sampler take ``eta``; IR-SDE's Denoising-SDE variant ``noise_sigma``, the input's noise std
         on the 0-255 scale); None: the model's value; one the model cannot use is an OptionError naming it.
+        ensemble: average the restorations of the 8 flips / 90° rotations of each tile (``irdiff.ensemble``;
+        8x the time, one-pass models only: an OptionError for a diffusion model).
         """
         options = check_sampling(self.method, steps, sampler or self.cfg.sample.sampler, eta=eta,
                                  noise_sigma=noise_sigma)
         check_tiling(tile, overlap, tile_batch)
+        if ensemble:
+            check_ensemble(self.method)
         if self.method.needs_mask and mask is None:
             raise ValueError("this model inpaints: pass mask= (the pixels to fill; white = missing)")
         if mask is not None and not self.method.needs_mask:
             raise ValueError(f"this model ({self.cfg.method['name']}) does not take a mask")
         kw = dict(steps=steps, tile=tile, overlap=overlap, generator=generator, progress=progress,
                   sampler=sampler, tile_batch=tile_batch, mask=None if mask is None else as_mask(mask),
-                  color_fix=self.cfg.sample.color_fix if color_fix is None else color_fix)
+                  color_fix=self.cfg.sample.color_fix if color_fix is None else color_fix, ensemble=ensemble)
         if kw["color_fix"] not in COLOR_FIXES:
             raise ValueError(f"unknown color_fix {kw['color_fix']!r}; known: {', '.join(COLOR_FIXES)}")
         if mask is not None and kw["color_fix"] != "none":
@@ -386,7 +391,7 @@ class Restorer:
              overlap: int, generator: torch.Generator | None, progress: bool | Callable[[float], None],
              sampler: str | None,
              tile_batch: int | None, mask: torch.Tensor | None = None, color_fix: str = "none",
-             options: dict[str, Any] | None = None) -> None:
+             options: dict[str, Any] | None = None, ensemble: bool = False) -> None:
         s = self.scale
         if mask is not None and (s != 1 or tuple(mask.shape) != (h, w)):
             raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
@@ -438,7 +443,7 @@ class Restorer:
                 holes = None if mask is None else torch.stack(
                     [mask[None, ys[i][0]:ys[i][1], xs[j][0]:xs[j][1]] for i, j in batch]).float()
                 outs = self._infer(torch.stack(tiles), colour, steps, sampler, generator, callback, holes,
-                                   color_fix, options)
+                                   color_fix, options, ensemble)
                 del tiles
                 done_tiles += len(batch)
                 bar.n = done_tiles  # exact count, whatever the per-step updates added up to
@@ -481,7 +486,8 @@ class Restorer:
     @torch.inference_mode()
     def _infer(self, tiles: torch.Tensor, colour: int, steps: int | None, sampler: str | None,
                generator: torch.Generator | None, callback: Callable, mask: torch.Tensor | None = None,
-               color_fix: str = "none", options: dict[str, Any] | None = None) -> torch.Tensor:
+               color_fix: str = "none", options: dict[str, Any] | None = None, ensemble: bool = False
+               ) -> torch.Tensor:
         """(B, C, h, w) input tiles in [0, 1] (+ (B, 1, h, w) mask) -> restored (B, C, h, w) float32, CPU."""
         x, alpha = tiles[:, :colour], tiles[:, colour:]
         b = x.shape[0]
@@ -494,11 +500,23 @@ class Restorer:
         else:
             raise ValueError(f"cannot feed a {colour}-channel image to a {self.channels}-channel model")
         inp = to_method_range(inp.to(self.device))
-        extra = dict(options or {})
-        if mask is not None:
-            extra["mask"] = mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
-        out = self.method.sample(self.net, inp, steps=steps, sampler=sampler, generator=generator,
-                                 callback=callback, **extra)
+        holes = None if mask is None else mask.to(self.device).repeat_interleave(inp.shape[0] // b, 0)
+
+        def restore(x: torch.Tensor, holes: torch.Tensor | None, report: Callable = callback) -> torch.Tensor:
+            extra = dict(options or {}, **({} if holes is None else {"mask": holes}))
+            return self.method.sample(self.net, x, steps=steps, sampler=sampler, generator=generator,
+                                      callback=report, **extra)
+
+        if ensemble:
+            passes = iter(range(N_TRANSFORMS))
+
+            def one_pass(x: torch.Tensor, holes: torch.Tensor | None) -> torch.Tensor:
+                p = next(passes)  # progress: step i of n in pass p is step p * n + i of 8 n
+                return restore(x, holes, lambda i, n, y: callback(p * n + i, N_TRANSFORMS * n, y))
+
+            out = self_ensemble(one_pass, inp, holes)
+        else:
+            out = restore(inp, holes)
         out = _color_fix(color_fix, out, inp)
         out = from_method_range(out.float()).cpu()
         if colour == 1 and self.channels != 1:

@@ -15,3 +15,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX; ARM's BF16 extension).
+
+    Without it, PyTorch emulates bf16 by converting to and from float32 around every op: bf16 autocast
+    then costs more than float32 (2.3x the step time on an AVX2-only CPU), instead of saving a third.
+    """
+    import torch
+
+    check = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(c) for c in check) and any(c() for c in check):
+        return True
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):  # x86, ARM
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
