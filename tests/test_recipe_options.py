@@ -225,3 +225,28 @@ def test_init_from_still_refuses_a_net_that_does_not_fit(tmp_path):
                             "dec_blocks": [1, 1, 1], "unshuffle": 2}, 3)
     with pytest.raises(ConfigError, match="init_from"):
         _init_weights(net, method, "denoise")
+
+
+# ---- the committed recipe configs -------------------------------------------------------------------
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 8
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_config_builds(path):
+    """Each recipe builds its net; the fine-tuning ones fit the bundled weights (a noise map through the widened
+    first convolution)."""
+    from irdiff.build import build_method, build_model
+    from irdiff.config import load_config
+    from irdiff.train import _init_weights
+
+    cfg = load_config(path)
+    method = build_method(cfg)
+    net = build_model(cfg, method)
+    assert net(torch.rand(1, method.net_in_channels(3), 32, 32)).shape == (1, 3, 32, 32)
+    if cfg.train.init_from == "denoise":
+        _init_weights(net, method, "denoise")
