@@ -121,8 +121,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, help="sampling stochasticity, >= 0 (SR3 ddim, RDDM, IR-SDE posterior; "
                    "default: the model's)")
     p.add_argument("--noise-sigma", type=float,
-                   help="IR-SDE Denoising-SDE models: the input's noise std (0-255), where sampling starts "
-                        "(default: the model's noise_sigma)")
+                   help="the input's noise std (0-255): where sampling starts for IR-SDE Denoising-SDE models "
+                        "(default: the model's noise_sigma), the noise map of noise-map denoisers (default: "
+                        "estimated from the image)")
     p.add_argument("--tile", type=_int_at_least(0),
                    help="tile size in output px, > 2 x overlap; memory stays flat in image size (default: the "
                         "whole image up to 1024x1024 output px, 512-px tiles above, as in the Python API; "

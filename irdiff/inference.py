@@ -298,8 +298,9 @@ class Restorer:
         color_fix: "none" | "wavelet" | "adain", colour taken from the input after sampling (default: the
         run's ``sample.color_fix``; see ``irdiff.colorfix``). Not with a mask: it would alter known pixels.
         eta, noise_sigma: the method's sampling options (``method.Options``: SR3, RDDM and IR-SDE's
-        posterior sampler take ``eta``; IR-SDE's Denoising-SDE variant ``noise_sigma``, the input's noise std
-        on the 0-255 scale); None: the model's value; one the model cannot use is an OptionError naming it.
+        posterior sampler take ``eta``; IR-SDE's Denoising-SDE variant and noise-map regression models
+        ``noise_sigma``, the input's noise std on the 0-255 scale); None: the model's value (noise-map models:
+        estimated from the image); one the model cannot use is an OptionError naming it.
         ensemble: average the restorations of the 8 flips / 90° rotations of each tile (``irdiff.ensemble``;
         8x the time, one-pass models only: an OptionError for a diffusion model).
         """

@@ -454,12 +454,24 @@ def _init_weights(model: nn.Module, method: Method, source: str) -> None:
     else:
         target = method.inference_net(model)
     own = target.state_dict()
-    tensors = {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()}
+    tensors = {k: _widen_inputs(v, own[k]).to(own[k].dtype) if k in own else v for k, v in tensors.items()}
     try:
         target.load_state_dict(tensors)
     except RuntimeError as e:
         raise ConfigError(f"train.init_from: {weights} does not fit the configured net "
                           f"({str(e).splitlines()[0]})") from None
+
+
+def _widen_inputs(source: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A source weight for a net that takes extra trailing input channels (a noise map added to a blind
+    model): the source's weights for the first channels, zeros for the new ones, so the fine-tuned net
+    starts as the source model. Any other shape is returned as it is (a mismatch stays an error)."""
+    if (source.dim() == own.dim() == 4 and source.shape[0] == own.shape[0] and source.shape[2:] == own.shape[2:]
+            and source.shape[1] < own.shape[1]):
+        out = torch.zeros(own.shape, dtype=source.dtype)
+        out[:, : source.shape[1]] = source
+        return out
+    return source
 
 
 def _check_resume_config(saved: dict[str, Any], current: dict[str, Any], ckpt: Path) -> None:

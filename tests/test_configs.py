@@ -35,6 +35,7 @@ EXPECTED = {
     "derain": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "rain", 1, "synthetic", None),
     "jpeg_blind": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "jpeg", 1, "synthetic", None),
     "denoise_blind_v2": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic", None),
+    "denoise_blind_v3": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic", None),
     "denoise_regression_blind": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic",
                                  None),
     "denoise_regression_s25": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic",

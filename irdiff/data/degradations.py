@@ -350,16 +350,42 @@ def build_degradation(spec: dict | str | Any, where: str = "degradation") -> Any
 @dataclass
 class AWGN:
     """Additive white Gaussian noise, sigma on the 0-255 scale (25 means 25/255), fixed or [lo, hi]
-    (drawn per image). Not clipped."""
+    (drawn per image). Not clipped by default (the papers' protocol).
+
+    Real photos are files: ``clip`` clips the noisy image to [0, 1]; ``quantize`` (8 or 16) also rounds
+    it to that many bits, as saving it to an 8- or 16-bit file does. ``clip_fraction`` is the share of
+    images (drawn per image) that get the clip / rounding, the rest keeping float noise, so that one
+    model learns both; it draws from the generator only when it lies strictly between 0 and 1, so the
+    noise of a seeded image does not depend on it.
+    """
 
     sigma: Range = 25.0
+    clip: bool = False
+    quantize: int = 0
+    clip_fraction: float = 1.0
 
     def __post_init__(self):
         self._sigma = _as_range(self.sigma, "awgn.sigma", low=0)
+        if not isinstance(self.clip, bool):
+            raise ValueError(f"awgn.clip must be true or false, got {self.clip!r}")
+        if isinstance(self.quantize, bool) or self.quantize not in (0, 8, 16):
+            raise ValueError(f"awgn.quantize must be 0 (off), 8 or 16 (bits), got {self.quantize!r}")
+        _as_range(self.clip_fraction, "awgn.clip_fraction", low=0, high=1)
 
     def __call__(self, img: Tensor, generator: Generator | None) -> Tensor:
         n = img.shape[0] if img.dim() == 4 else 1
-        return add_gaussian_noise(img, _draw(self._sigma, n, generator), generator)
+        out = add_gaussian_noise(img, _draw(self._sigma, n, generator), generator)
+        if not (self.clip or self.quantize) or self.clip_fraction == 0:
+            return out
+        filed = out.clamp(0, 1)
+        if self.quantize:
+            top = float(2**self.quantize - 1)
+            # in float64, as irdiff writes files: float32 would round some 16-bit values the other way
+            filed = (torch.round(filed.double() * top) / top).to(out.dtype)
+        if self.clip_fraction == 1:
+            return filed
+        chosen = (_rand((n,), generator) < self.clip_fraction).to(out.device)
+        return torch.where(chosen.view(-1, 1, 1, 1) if out.dim() == 4 else chosen.view(1, 1, 1), filed, out)
 
 
 @DEGRADATIONS.register("poisson_gaussian")

@@ -57,7 +57,11 @@ class NAFNet(nn.Module):
     With ``noise_level_dim > 0`` and a noise level given, the level is embedded and applied as FiLM
     in every block (a time-conditioned restorer, e.g. for Cold Diffusion); with ``noise_level_dim=0``
     the noise level is ignored. The output is the raw prediction (methods add any residual). Any H, W
-    is accepted (reflect-padded to a multiple of 2**levels, cropped back).
+    is accepted (reflect-padded to a multiple of unshuffle * 2**levels, cropped back).
+
+    ``unshuffle`` r > 1 is FFDNet's front end: the input is pixel-unshuffled into r*r times the channels
+    at 1/r the resolution, the net runs there (about r*r times fewer FLOPs per pixel for the same width)
+    and the output is pixel-shuffled back. r = 1 (the default) is the plain net, with the same weights.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class NAFNet(nn.Module):
         middle_blocks: int = 1,
         dec_blocks: tuple[int, ...] = (1, 1, 1),
         dropout: float = 0.0,
+        unshuffle: int = 1,
     ):
         super().__init__()
         enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)
@@ -78,7 +83,10 @@ class NAFNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.noise_level_dim = noise_level_dim
-        self.multiple = 2 ** len(enc_blocks)
+        if isinstance(unshuffle, bool) or not isinstance(unshuffle, int) or unshuffle < 1:
+            raise ValueError(f"unshuffle must be a positive int (1 = off), got {unshuffle!r}")
+        self.unshuffle = unshuffle
+        self.multiple = unshuffle * 2 ** len(enc_blocks)
 
         emb_dim = 4 * width if noise_level_dim > 0 else None
         self.embed = NoiseLevelEmbedding(noise_level_dim, emb_dim) if emb_dim else None
@@ -86,7 +94,8 @@ class NAFNet(nn.Module):
         def blocks(ch, n):
             return nn.ModuleList([NAFBlock(ch, emb_dim, dropout=dropout) for _ in range(n)])
 
-        self.intro = nn.Conv2d(in_channels, width, 3, padding=1)
+        r2 = unshuffle * unshuffle
+        self.intro = nn.Conv2d(in_channels * r2, width, 3, padding=1)
         self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
         ch = width
         for n in enc_blocks:
@@ -99,7 +108,7 @@ class NAFNet(nn.Module):
             self.ups.append(nn.Sequential(nn.Conv2d(ch, 2 * ch, 1, bias=False), nn.PixelShuffle(2)))
             ch //= 2
             self.decoders.append(blocks(ch, n))
-        self.ending = nn.Conv2d(width, out_channels, 3, padding=1)
+        self.ending = nn.Conv2d(width, out_channels * r2, 3, padding=1)
 
     @staticmethod
     def _run(blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
@@ -117,6 +126,8 @@ class NAFNet(nn.Module):
             emb = self.embed(noise_level, h.shape[0], h.device)
         h = to_memory_format_of(h, self.intro.weight)
         h, (height, width) = pad_to_multiple(h, self.multiple)
+        if self.unshuffle > 1:
+            h = nn.functional.pixel_unshuffle(h, self.unshuffle)
 
         h = self.intro(h)
         skips = []
@@ -128,4 +139,6 @@ class NAFNet(nn.Module):
         for up, dec in zip(self.ups, self.decoders):
             h = self._run(dec, up(h) + skips.pop(), emb)
         h = self.ending(h)
+        if self.unshuffle > 1:
+            h = nn.functional.pixel_shuffle(h, self.unshuffle)
         return h[:, :, :height, :width].to(x.dtype)
