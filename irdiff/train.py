@@ -172,12 +172,17 @@ class Trainer:
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.to(self.device)
+        if cfg.prior is not None and latest_checkpoint(self.run_dir) is None:  # predict-and-refine (irdiff.prior)
+            from irdiff.prior import load_prior_weights
+
+            load_prior_weights(model, cfg)
         if tc.init_from and latest_checkpoint(self.run_dir) is None:
             _init_weights(model, self.method, tc.init_from)
         self.ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
                        include_online_model=False)
         self.ema.to(self.device)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen prior
+        self.opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.model = model
         self.gen = torch.Generator(device=self.device)
 

@@ -1,0 +1,187 @@
+"""Predict-and-refine (irdiff.prior): the method sees the prior's output, the prior stays frozen, models round-trip."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from irdiff.build import build_method
+from irdiff.checkpoint import load_tensors
+from irdiff.cli import main
+from irdiff.config import ConfigError, load_config, to_dict
+from irdiff.inference import Restorer, load
+from irdiff.methods.irsde import IRSDE
+from irdiff.methods.rddm import RDDM
+from irdiff.methods.regression import Regression
+from irdiff.methods.sr3 import SR3
+from irdiff.prior import PriorStack, Refine
+from irdiff.train import train
+
+TINY_NAF = {"name": "nafnet", "width": 8, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1}
+
+
+# ---- oracle: a prior that returns gt exactly, a refiner that returns its condition ------------------------
+
+class Doubler(nn.Module):
+    """A regression prior's residual net for inputs y = gt / 2: P(y) = y + y = gt exactly, pixel by pixel."""
+
+    def forward(self, x, noise_level=None, cond=None):
+        return x
+
+
+class CondIsClean(nn.Module):
+    """A refiner that takes its condition to be the clean image, in each method's own parametrisation: SR3 with
+    prediction x0 outputs cond; IR-SDE (x0: the residual x0 − μ) outputs 0; RDDM (res_noise) outputs residual 0
+    and ε = (I_t − I_in) / β̄_t. Its output is the clean image only if the condition it is given is P(y)."""
+
+    def __init__(self, kind, method=None):
+        super().__init__()
+        self.kind, self.method = kind, method
+
+    def forward(self, x, noise_level=None, cond=None):
+        if self.kind == "sr3":
+            return cond
+        if self.kind == "irsde":
+            return torch.zeros_like(x)
+        beta_bar = noise_level[:, 1].view(-1, 1, 1, 1) * float(self.method.beta_bar[-1])
+        return torch.cat([torch.zeros_like(x), (x - cond) / beta_bar], dim=1)
+
+
+def _refine(method):
+    return Refine(method, Regression(), load_config(base={}), freeze=True, source="oracle")
+
+
+METHODS = {
+    "sr3": lambda: SR3(num_steps=50, prediction="x0"),
+    "irsde": lambda: IRSDE(num_steps=20, prediction="x0", objective="noise"),
+    "rddm": lambda: RDDM(num_steps=50),
+}
+
+
+@pytest.mark.parametrize("kind", list(METHODS))
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_oracle_chain_returns_gt(kind, steps):
+    inner = METHODS[kind]()
+    gt = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+    y = gt / 2  # not gt: a method fed y instead of P(y) returns y (or something else), never gt
+    stack = PriorStack(Doubler(), CondIsClean(kind, inner))
+    out = _refine(inner).sample(stack, y, steps=steps, generator=torch.Generator().manual_seed(0), eta=1.0)
+    torch.testing.assert_close(out, gt, atol=1e-5, rtol=0)
+    alone = inner.sample(CondIsClean(kind, inner), y, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert (alone - gt).abs().max() > 0.1  # the same refiner without the prior does not
+
+
+def test_restorer_runs_the_chain_tiled():
+    cfg = load_config(base={"method": {"name": "sr3", "num_steps": 20, "prediction": "x0"}})
+    inner = build_method(cfg)
+    restorer = Restorer(_refine(inner), PriorStack(Doubler(), CondIsClean("sr3")), cfg, {})
+    gt = np.random.default_rng(0).integers(0, 256, (40, 52, 3)).astype(np.float32) / 255
+    y = (gt * 2 - 1) / 2 / 2 + 0.5  # y = gt / 2 in the method's [-1, 1] range
+    for tile in (0, 24):
+        out = restorer.restore(y, steps=3, tile=tile, overlap=8, progress=False)
+        np.testing.assert_allclose(out, gt, atol=1e-5)
+
+
+# ---- training, saving, loading -----------------------------------------------------------------------------
+
+def _prior_run(folder, tmp_path):
+    cfg = load_config(base={
+        "name": "tiny-prior", "seed": 1, "method": {"name": "regression"}, "net": dict(TINY_NAF),
+        "data": {"train": {"name": "synthetic", "gt_dir": str(folder), "patch_size": 16,
+                           "degradation": {"name": "awgn", "sigma": 25}}},
+        "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "log_every": 1, "ckpt_every": 0}})
+    train(cfg, tmp_path / "prior", progress=False)
+    return tmp_path / "prior"
+
+
+def _refine_config(folder, prior_dir, freeze=True, steps=3):
+    return load_config(base={
+        "name": "tiny-refine", "seed": 2, "prior": {"model": str(prior_dir), "freeze": freeze},
+        "method": {"name": "irsde", "num_steps": 20, "prediction": "x0", "objective": "noise"},
+        "net": dict(TINY_NAF),
+        "data": {"train": {"name": "synthetic", "gt_dir": str(folder), "patch_size": 16,
+                           "degradation": {"name": "awgn", "sigma": 25}}},
+        "train": {"steps": steps, "batch_size": 2, "lr": 1e-2, "log_every": 1, "ckpt_every": 0,
+                  "ema_decay": 0.5},
+        "sample": {"steps": 2}})
+
+
+@pytest.fixture
+def prior_dir(image_folder, tmp_path):
+    return _prior_run(image_folder, tmp_path)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_training_keeps_a_frozen_prior_and_fine_tunes_an_unfrozen_one(image_folder, prior_dir, tmp_path, freeze):
+    prior_weights = load_tensors(prior_dir / "model.safetensors")
+    run = tmp_path / "refine"
+    train(_refine_config(image_folder, prior_dir, freeze), run, progress=False)
+    saved = load_tensors(run / "model.safetensors")
+    assert {k.split(".")[0] for k in saved} == {"prior", "refiner"}
+    same = [torch.equal(saved[f"prior.{k}"], v) for k, v in prior_weights.items()]
+    assert all(same) if freeze else not all(same)
+    fresh = PriorStack(*[build_method(_refine_config(image_folder, prior_dir, freeze)).build_net(
+        dict(TINY_NAF), 3).refiner] * 2)  # any refiner init: the trained one moved away from it
+    assert any(not torch.equal(saved[k], v) for k, v in
+               {f"refiner.{k}": v for k, v in fresh.refiner.state_dict().items()}.items())
+
+
+def test_saved_model_is_self_contained_and_round_trips(image_folder, prior_dir, tmp_path):
+    run = tmp_path / "refine"
+    cfg = _refine_config(image_folder, prior_dir)
+    train(cfg, run, progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["config"]["prior"]["model"] == str(prior_dir)
+    assert meta["config"]["prior"]["config"]["method"]["name"] == "regression"  # the prior's own config
+
+    x = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(3))
+    before = load(run).restore_tensor(x, steps=2, generator=torch.Generator().manual_seed(4))
+    import shutil
+
+    shutil.rmtree(prior_dir)  # the prior's source is gone: the model still loads, with the same weights
+    restorer = load(run)
+    assert isinstance(restorer.net, PriorStack) and isinstance(restorer.method, Refine)
+    after = restorer.restore_tensor(x, steps=2, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(before, after)
+    # the chain by hand: the refiner's method on the prior's output
+    inner = restorer.method.method
+    with torch.no_grad():
+        lq = x[None] * 2 - 1
+        mu = Regression().sample(restorer.net.prior, lq)
+        by_hand = inner.sample(restorer.net.refiner, mu, steps=2, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(after, ((by_hand[0] + 1) / 2).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_info_and_restore_cli(image_folder, prior_dir, tmp_path, capsys):
+    run = tmp_path / "refine"
+    train(_refine_config(image_folder, prior_dir), run, progress=False)
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "prior: " in out and "regression / nafnet, frozen" in out and "refined by irsde / nafnet" in out
+    assert main(["restore", str(image_folder / "img0.png"), "-o", str(tmp_path / "out.png"), "--model", str(run),
+                 "--steps", "3", "--threads", "1"]) == 0
+    assert (tmp_path / "out.png").is_file()
+    assert main(["restore", str(image_folder / "img0.png"), "-o", str(tmp_path / "bad.png"), "--model", str(run),
+                 "--steps", "21"]) == 2  # the refining method's step range (IR-SDE T = 20)
+
+
+def test_bad_priors_are_config_errors(image_folder, prior_dir, tmp_path):
+    def build(**changes):
+        base = to_dict(_refine_config(image_folder, prior_dir))
+        base["prior"] = {"model": str(prior_dir)}
+        for k, v in changes.items():
+            base[k] = v
+        return build_method(load_config(base=base))
+
+    with pytest.raises(ConfigError, match="prior.model: .*no such run directory"):
+        build(prior={"model": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match="mean_target: clean"):
+        build(method={"name": "irsde", "num_steps": 20, "mean_target": "clean", "lam": 30})
+    with pytest.raises(ConfigError, match="image channels"):
+        build(img_channels=1)
+    refine_run = tmp_path / "refine"
+    train(_refine_config(image_folder, prior_dir, steps=1), refine_run, progress=False)
+    with pytest.raises(ConfigError, match="one-pass restorer"):
+        build(prior={"model": str(refine_run)})
