@@ -86,16 +86,6 @@ def test_restorer_runs_the_chain_tiled():
 
 # ---- training, saving, loading -----------------------------------------------------------------------------
 
-def _prior_run(folder, tmp_path):
-    cfg = load_config(base={
-        "name": "tiny-prior", "seed": 1, "method": {"name": "regression"}, "net": dict(TINY_NAF),
-        "data": {"train": {"name": "synthetic", "gt_dir": str(folder), "patch_size": 16,
-                           "degradation": {"name": "awgn", "sigma": 25}}},
-        "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "log_every": 1, "ckpt_every": 0}})
-    train(cfg, tmp_path / "prior", progress=False)
-    return tmp_path / "prior"
-
-
 def _refine_config(folder, prior_dir, freeze=True, steps=3):
     return load_config(base={
         "name": "tiny-refine", "seed": 2, "prior": {"model": str(prior_dir), "freeze": freeze},
@@ -108,71 +98,84 @@ def _refine_config(folder, prior_dir, freeze=True, steps=3):
         "sample": {"steps": 2}})
 
 
-@pytest.fixture
-def prior_dir(image_folder, tmp_path):
-    return _prior_run(image_folder, tmp_path)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Images, a tiny trained regression prior, and a tiny IR-SDE run refining it (frozen): trained once."""
+    from irdiff.data.io import write_image
+
+    root = tmp_path_factory.mktemp("prior")
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        write_image(root / "imgs" / f"img{i}.png", torch.rand(3, 36, 40, generator=g))
+    prior = load_config(base={
+        "name": "tiny-prior", "seed": 1, "method": {"name": "regression"}, "net": dict(TINY_NAF),
+        "data": {"train": {"name": "synthetic", "gt_dir": str(root / "imgs"), "patch_size": 16,
+                           "degradation": {"name": "awgn", "sigma": 25}}},
+        "train": {"steps": 2, "batch_size": 2, "lr": 1e-3, "log_every": 1, "ckpt_every": 0}})
+    train(prior, root / "prior", progress=False)
+    train(_refine_config(root / "imgs", root / "prior"), root / "refine", progress=False)
+    return root
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-def test_training_keeps_a_frozen_prior_and_fine_tunes_an_unfrozen_one(image_folder, prior_dir, tmp_path, freeze):
-    prior_weights = load_tensors(prior_dir / "model.safetensors")
-    run = tmp_path / "refine"
-    train(_refine_config(image_folder, prior_dir, freeze), run, progress=False)
+def test_training_keeps_a_frozen_prior_and_fine_tunes_an_unfrozen_one(runs, tmp_path, freeze):
+    prior_weights = load_tensors(runs / "prior" / "model.safetensors")
+    run = runs / "refine"
+    if not freeze:
+        run = tmp_path / "refine"
+        train(_refine_config(runs / "imgs", runs / "prior", freeze), run, progress=False)
     saved = load_tensors(run / "model.safetensors")
     assert {k.split(".")[0] for k in saved} == {"prior", "refiner"}
     same = [torch.equal(saved[f"prior.{k}"], v) for k, v in prior_weights.items()]
     assert all(same) if freeze else not all(same)
-    fresh = PriorStack(*[build_method(_refine_config(image_folder, prior_dir, freeze)).build_net(
-        dict(TINY_NAF), 3).refiner] * 2)  # any refiner init: the trained one moved away from it
-    assert any(not torch.equal(saved[k], v) for k, v in
-               {f"refiner.{k}": v for k, v in fresh.refiner.state_dict().items()}.items())
+    torch.manual_seed(2)  # the refiner's init (cfg.seed): training moved it
+    fresh = build_method(_refine_config(runs / "imgs", runs / "prior", freeze)).build_net(dict(TINY_NAF), 3)
+    assert any(not torch.equal(saved[f"refiner.{k}"], v) for k, v in fresh.refiner.state_dict().items())
 
 
-def test_saved_model_is_self_contained_and_round_trips(image_folder, prior_dir, tmp_path):
-    run = tmp_path / "refine"
-    cfg = _refine_config(image_folder, prior_dir)
-    train(cfg, run, progress=False)
+def test_saved_model_is_self_contained_and_round_trips(runs):
+    run, prior_dir = runs / "refine", runs / "prior"
     meta = json.loads((run / "model.json").read_text())
     assert meta["config"]["prior"]["model"] == str(prior_dir)
     assert meta["config"]["prior"]["config"]["method"]["name"] == "regression"  # the prior's own config
 
     x = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(3))
     before = load(run).restore_tensor(x, steps=2, generator=torch.Generator().manual_seed(4))
-    import shutil
-
-    shutil.rmtree(prior_dir)  # the prior's source is gone: the model still loads, with the same weights
-    restorer = load(run)
+    hidden = prior_dir.with_name("prior_moved")
+    prior_dir.rename(hidden)  # the prior's source is gone: the model still loads, with the same weights
+    try:
+        restorer = load(run)
+    finally:
+        hidden.rename(prior_dir)
     assert isinstance(restorer.net, PriorStack) and isinstance(restorer.method, Refine)
     after = restorer.restore_tensor(x, steps=2, generator=torch.Generator().manual_seed(4))
     assert torch.equal(before, after)
-    # the chain by hand: the refiner's method on the prior's output
+    # the chain by hand: the refining method on the prior's output
     inner = restorer.method.method
     with torch.no_grad():
-        lq = x[None] * 2 - 1
-        mu = Regression().sample(restorer.net.prior, lq)
+        mu = Regression().sample(restorer.net.prior, x[None] * 2 - 1)
         by_hand = inner.sample(restorer.net.refiner, mu, steps=2, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(after, ((by_hand[0] + 1) / 2).clamp(0, 1), atol=1e-6, rtol=0)
 
 
-def test_info_and_restore_cli(image_folder, prior_dir, tmp_path, capsys):
-    run = tmp_path / "refine"
-    train(_refine_config(image_folder, prior_dir), run, progress=False)
+def test_info_and_restore_cli(runs, tmp_path, capsys):
+    run = runs / "refine"
     assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out
     assert "prior: " in out and "regression / nafnet, frozen" in out and "refined by irsde / nafnet" in out
-    assert main(["restore", str(image_folder / "img0.png"), "-o", str(tmp_path / "out.png"), "--model", str(run),
-                 "--steps", "3", "--threads", "1"]) == 0
+    image = runs / "imgs" / "img0.png"
+    assert main(["restore", str(image), "-o", str(tmp_path / "out.png"), "--model", str(run), "--steps", "3",
+                 "--threads", "1"]) == 0
     assert (tmp_path / "out.png").is_file()
-    assert main(["restore", str(image_folder / "img0.png"), "-o", str(tmp_path / "bad.png"), "--model", str(run),
+    assert main(["restore", str(image), "-o", str(tmp_path / "bad.png"), "--model", str(run),
                  "--steps", "21"]) == 2  # the refining method's step range (IR-SDE T = 20)
 
 
-def test_bad_priors_are_config_errors(image_folder, prior_dir, tmp_path):
+def test_bad_priors_are_config_errors(runs, tmp_path):
     def build(**changes):
-        base = to_dict(_refine_config(image_folder, prior_dir))
-        base["prior"] = {"model": str(prior_dir)}
-        for k, v in changes.items():
-            base[k] = v
+        base = to_dict(_refine_config(runs / "imgs", runs / "prior"))
+        base["prior"] = {"model": str(runs / "prior")}
+        base.update(changes)
         return build_method(load_config(base=base))
 
     with pytest.raises(ConfigError, match="prior.model: .*no such run directory"):
@@ -181,7 +184,5 @@ def test_bad_priors_are_config_errors(image_folder, prior_dir, tmp_path):
         build(method={"name": "irsde", "num_steps": 20, "mean_target": "clean", "lam": 30})
     with pytest.raises(ConfigError, match="image channels"):
         build(img_channels=1)
-    refine_run = tmp_path / "refine"
-    train(_refine_config(image_folder, prior_dir, steps=1), refine_run, progress=False)
     with pytest.raises(ConfigError, match="one-pass restorer"):
-        build(prior={"model": str(refine_run)})
+        build(prior={"model": str(runs / "refine")})
