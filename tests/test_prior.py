@@ -1,6 +1,7 @@
 """Predict-and-refine (irdiff.prior): the method sees the prior's output, the prior stays frozen, models round-trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from irdiff.methods.sr3 import SR3
 from irdiff.prior import PriorStack, Refine
 from irdiff.train import train
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_NAF = {"name": "nafnet", "width": 8, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1}
 
 
@@ -186,3 +188,47 @@ def test_bad_priors_are_config_errors(runs, tmp_path):
         build(img_channels=1)
     with pytest.raises(ConfigError, match="one-pass restorer"):
         build(prior={"model": str(runs / "refine")})
+
+
+def test_export_refine_takes_the_benchmark_table(runs, tmp_path, capsys):
+    """scripts/export_pretrained.py --eval refine: the card's table is the benchmark's, the best run that meets the
+    goal (within 0.2 dB of the prior, lower NIQE) becomes the default sampling; another model's results are refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_pretrained", REPO / "scripts" / "export_pretrained.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = runs / "refine"
+
+    def entry(steps, eta, psnr, niqe, model=str(run)):
+        return {"model_path": model, "steps": steps, "eta": eta, "psnr": psnr, "ssim": 0.8, "niqe": niqe,
+                "cpu_seconds": 1.0, "images": 68, "date": "d", "machine": "m"}
+
+    runs_table = {"prior": {**entry(None, None, 31.00, 4.0, "denoise")},
+                  "refine_s5_eta0": entry(5, 0.0, 31.05, 4.2),  # better PSNR, worse NIQE
+                  "refine_s5_eta0.25": entry(5, 0.25, 30.85, 3.7),  # within 0.2 dB, better NIQE: the pick
+                  "refine_s10_eta1": entry(10, 1.0, 30.50, 3.2)}  # best NIQE, 0.5 dB down
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": runs_table, "sigma": 25, "niqe_input": 9.9}))
+    dest = tmp_path / "pretrained"
+    assert mod.main([str(run), "tiny-refine", "--eval", "refine", "--results", str(results), "--dest", str(dest)]) == 0
+    meta = json.loads((dest / "tiny-refine" / "model.json").read_text())
+    assert meta["config"]["sample"]["steps"] == 5 and meta["config"]["method"]["eta"] == 0.25
+    assert meta["metrics"]["default_run"] == "refine_s5_eta0.25" and meta["metrics"]["goal_met"] is True
+    card = (dest / "tiny-refine" / "card.md").read_text()
+    assert "| refine_s10_eta1 | 10 | 1.0 | 30.50 |" in card and "prior: `" in card
+    assert load(dest / "tiny-refine").method.eta == 0.25
+    runs_table["refine_s5_eta1"] = entry(5, 1.0, 30.0, 3.0, model="elsewhere")
+    results.write_text(json.dumps({"runs": runs_table, "sigma": 25, "niqe_input": 9.9}))
+    with pytest.raises(SystemExit, match="elsewhere"):
+        mod.main([str(run), "bad", "--eval", "refine", "--results", str(results), "--dest", str(dest)])
+
+
+def test_bundled_models_fit_the_package_budget():
+    """Each bundled model at most 10 MB, all of them under 25 MB (the wheel stays small)."""
+    from irdiff.inference import PRETRAINED_DIR
+
+    sizes = {p.parent.name: sum(f.stat().st_size for f in p.parent.iterdir())
+             for p in PRETRAINED_DIR.glob("*/model.json")}
+    assert sizes and all(s <= 10 * 10**6 for s in sizes.values()), sizes
+    assert sum(sizes.values()) < 25 * 10**6, sizes

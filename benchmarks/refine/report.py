@@ -53,15 +53,24 @@ def tradeoff_plot(results: dict, out: Path) -> None:
     runs = results["runs"]
     prior = runs["prior"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    etas = sorted((r for r in runs.values() if r.get("steps") == 10), key=lambda r: r["eta"])
-    ax.plot([r["niqe"] for r in etas], [r["psnr"] for r in etas], "o-", label="refined, 10 steps, η varies")
-    for r in etas:
-        ax.annotate(f"η={r['eta']:g}", (r["niqe"], r["psnr"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    steps = sorted((r for r in runs.values() if r.get("eta") == 1.0), key=lambda r: r["steps"])
-    ax.plot([r["niqe"] for r in steps], [r["psnr"] for r in steps], "s--", alpha=0.7, label="refined, η=1, steps vary")
-    for r in steps:
-        ax.annotate(f"{r['steps']} st", (r["niqe"], r["psnr"]), textcoords="offset points", xytext=(5, -10),
-                    fontsize=8)
+    refined = [r for k, r in runs.items() if k != "prior"]
+    for n in sorted({r["steps"] for r in refined}):
+        etas = sorted((r for r in refined if r["steps"] == n), key=lambda r: r["eta"])
+        if len(etas) < 2:
+            continue
+        ax.plot([r["niqe"] for r in etas], [r["psnr"] for r in etas], "o-", label=f"refined, {n} steps, η varies")
+        for r in etas:
+            ax.annotate(f"η={r['eta']:g}", (r["niqe"], r["psnr"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+    for eta in sorted({r["eta"] for r in refined}):
+        steps = sorted((r for r in refined if r["eta"] == eta), key=lambda r: r["steps"])
+        if len(steps) < 3:
+            continue
+        ax.plot([r["niqe"] for r in steps], [r["psnr"] for r in steps], "s--", alpha=0.7,
+                label=f"refined, η={eta:g}, steps vary")
+        for r in steps:
+            ax.annotate(f"{r['steps']} st", (r["niqe"], r["psnr"]), textcoords="offset points", xytext=(5, -10),
+                        fontsize=8)
     ax.plot([prior["niqe"]], [prior["psnr"]], "k*", markersize=13, label="prior `denoise` (one pass)")
     ax.axhline(prior["psnr"] - BUDGET_DB, color="grey", ls=":", lw=1, label=f"prior − {BUDGET_DB} dB")
     ax.set_xlabel("NIQE (lower = more natural)")
