@@ -133,18 +133,23 @@ def machine() -> str:
 
 
 def training_log(run_dir: Path) -> dict[str, Any]:
-    """Steps and wall time from the run's log.jsonl (the last row with `seconds`)."""
+    """Steps and wall time from the run's log.jsonl. `seconds` restarts at each resume: a row with fewer seconds
+    than the one before starts a new segment, and the segments' last values are summed."""
     log = run_dir / "log.jsonl"
     info: dict[str, Any] = {}
     if not log.is_file():
         return info
+    done, last = 0.0, 0.0
     for line in log.read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if "seconds" in row:
-            info["seconds"], info["logged_step"] = row["seconds"], row.get("step")
+            if row["seconds"] < last:
+                done += last
+            last = row["seconds"]
+            info["seconds"], info["logged_step"] = round(done + last, 2), row.get("step")
         if "loss" in row:
             info["final_loss"] = row["loss"]
     return info
