@@ -16,12 +16,18 @@ from irdiff.registry import METHODS
 
 
 def build_method(cfg: Config) -> Method:
-    """The method named by ``cfg.method`` with its keyword arguments; a bad value is a ConfigError."""
+    """The method named by ``cfg.method`` with its keyword arguments; a bad value is a ConfigError. With a
+    ``prior``, that method stacked on it (``irdiff.prior``; fills in ``cfg.prior.config`` when missing)."""
     m = cfg.method
     try:
-        return METHODS.build(m["name"], where="method", **method_kwargs(m))
+        method = METHODS.build(m["name"], where="method", **method_kwargs(m))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"method: {e}") from None
+    if cfg.prior is None:
+        return method
+    from irdiff.prior import stack_on_prior
+
+    return stack_on_prior(method, cfg)
 
 
 def method_kwargs(section: dict[str, Any]) -> dict[str, Any]:

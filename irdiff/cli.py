@@ -461,6 +461,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     card = where / "card.md"
     if card.is_file():
         print(card.read_text(), end="" if card.read_text().endswith("\n") else "\n")
+        _print_prior(meta)
         _print_restore_options(args.model)
         return 0
     cfg = meta["config"]
@@ -477,8 +478,18 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"  scale: {model_scale(config, build_method(config))}")
     for k, v in _flat_metrics(meta.get("metrics") or {}):
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    _print_prior(meta)
     _print_restore_options(args.model)
     return 0
+
+
+def _print_prior(meta: dict) -> None:
+    """Predict-and-refine models: both parts (irdiff.prior)."""
+    from irdiff.prior import describe
+
+    line = describe(meta["config"])
+    if line:
+        print(line)
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:

@@ -91,6 +91,17 @@ class SampleConfig:
 
 
 @dataclass
+class PriorConfig:
+    """Predict-and-refine (``irdiff.prior``): a trained one-pass restorer runs first and its output becomes the
+    method's condition / mean (SR3 and Cold: the condition, IR-SDE: μ, RDDM: I_in)."""
+
+    model: str = ""  # the prior: a bundled name (denoise) or a run / model folder of a one-pass model
+    freeze: bool = True  # true: the prior's weights stay fixed (run under no_grad); false: fine-tuned with the method
+    # the prior's own config, copied from `model` when training starts, so a saved model rebuilds its prior alone
+    config: dict[str, Any] | None = None
+
+
+@dataclass
 class Config:
     name: str = "run"  # the run's name (default output folder runs/<name>)
     seed: int = 0  # seeds the init, every training step, data items and validation sampling
@@ -100,6 +111,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)  # data streams
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, checkpoints, devices
     sample: SampleConfig = field(default_factory=SampleConfig)  # sampling for validation and inference
+    prior: PriorConfig | None = None  # predict-and-refine: a one-pass restorer whose output the method refines
 
 
 # ---- dict <-> dataclass ------------------------------------------------------------------------
@@ -263,6 +275,8 @@ def validate(cfg: Config) -> None:
                 reg.get(sec["name"]).link_config(sec, cfg.data)
             except ValueError as e:
                 raise ConfigError(f"method: {e}") from None
+    if cfg.prior is not None:
+        need(bool(cfg.prior.model), "prior.model", "missing (a bundled name or a run / model folder)")
     t = cfg.train
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     from irdiff.colorfix import COLOR_FIXES

@@ -206,6 +206,10 @@ class Trainer:
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.to(self.device)
+        if cfg.prior is not None and latest_checkpoint(self.run_dir) is None:  # predict-and-refine (irdiff.prior)
+            from irdiff.prior import load_prior_weights
+
+            load_prior_weights(model, cfg)
         if tc.init_from and latest_checkpoint(self.run_dir) is None:
             _init_weights(model, self.method, tc.init_from)
         self.ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
@@ -214,7 +218,8 @@ class Trainer:
         # fused AdamW: one kernel for all parameters (a third of the single-tensor loop's time on the CPU); not
         # under fp16, whose gradient scaler unscales and steps itself. A checkpoint's own setting wins on resume.
         fused = self.device.type in ("cpu", "cuda") and self.mixed_precision != "fp16"
-        self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
+        trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen prior
+        self.opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
                                      fused=fused or None)
         self.model = model
         self.gen = torch.Generator(device=self.device)

@@ -14,6 +14,11 @@ Images, seeds and scores come from ``irdiff.evaluate`` (the path of every number
 - sr4: Set5 and Set14; HR mod-cropped to 4, LR = MATLAB bicubic / 4 rounded to 8 bits (as a saved LR
   PNG); PSNR / SSIM on the Y channel with a 4-px border cropped; bicubic upsampling alongside.
 
+- refine (a predict-and-refine model, ``irdiff.prior``): no evaluation here; the card takes the prior-vs-refined
+  table of CBSD68 sigma 25 that benchmarks/refine/run.py measured through the same path on these weights
+  (its results.json, whose runs must name RUN_DIR), and the model's default steps / eta become those of the
+  run that best meets the goal (``benchmarks/refine/report.py: chosen``).
+
 --fp16 stores half-precision weights only if every PSNR stays within 0.01 dB of float32's.
 --max-images N evaluates the first N images of each set (a smoke test; the card says so).
 """
@@ -88,6 +93,28 @@ def eval_sr4(restorer: Any, data: Path, max_images: int | None, tile: int | None
     return out
 
 
+REFINE_RESULTS = REPO / "benchmarks" / "refine" / "results.json"
+
+
+def refine_metrics(run_dir: Path, results_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, chosen run) from benchmarks/refine/results.json, whose refined runs must be of ``run_dir``."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "refine"))
+    from report import chosen
+
+    if not results_path.is_file():
+        raise SystemExit(f"{results_path}: missing; run benchmarks/refine/run.py --model {run_dir} first")
+    results = json.loads(results_path.read_text())
+    runs = results["runs"]
+    foreign = sorted({r["model_path"] for k, r in runs.items() if k != "prior"} - {str(run_dir)})
+    if foreign or "prior" not in runs:
+        raise SystemExit(f"{results_path}: holds runs of {', '.join(foreign) or 'no prior'}, not only {run_dir}")
+    keep = ("steps", "eta", "psnr", "ssim", "niqe", "cpu_seconds", "images", "date", "machine")
+    table = {k: {f: r[f] for f in keep if f in r} for k, r in runs.items()}
+    name, met = chosen(results)
+    return ({"CBSD68": {f"sigma{results['sigma']}": table}, "noisy_niqe": results["niqe_input"],
+             "default_run": name, "goal_met": met}, runs[name])
+
+
 def psnrs(metrics: dict[str, Any]) -> list[float]:
     vals = []
     for k, v in metrics.items():
@@ -106,21 +133,30 @@ def machine() -> str:
 
 
 def training_log(run_dir: Path) -> dict[str, Any]:
-    """Steps and wall time from the run's log.jsonl (the last row with `seconds`)."""
+    """Steps and wall time from the run's log.jsonl. `seconds` restarts at each resume: a row with fewer seconds
+    than the one before starts a new segment, and the segments' last values are summed."""
     log = run_dir / "log.jsonl"
     info: dict[str, Any] = {}
     if not log.is_file():
         return info
+    done, last = 0.0, 0.0
     for line in log.read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if "seconds" in row:
-            info["seconds"], info["logged_step"] = row["seconds"], row.get("step")
+            if row["seconds"] < last:
+                done += last
+            last = row["seconds"]
+            info["seconds"], info["logged_step"] = round(done + last, 2), row.get("step")
         if "loss" in row:
             info["final_loss"] = row["loss"]
     return info
+
+
+TASKS = {"denoise": "colour Gaussian denoising", "sr4": "x4 super-resolution (bicubic degradation)",
+         "refine": "colour Gaussian denoising, predict-and-refine: a diffusion model refining a one-pass denoiser"}
 
 
 def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], prov: dict[str, Any]) -> str:
@@ -131,7 +167,7 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
     lines = [
         f"# irdiff pretrained model `{name}`",
         "",
-        f"- task: {'colour Gaussian denoising' if kind == 'denoise' else 'x4 super-resolution (bicubic degradation)'}",
+        f"- task: {TASKS[kind]}",
         f"- method: {cfg['method']['name']} ({json.dumps(cfg['method'])}); net: {json.dumps(cfg['net'])}; "
         f"{prov['parameters']:,} parameters, {prov['dtype']} weights",
         f"- training data: `{Path(str(train.get('gt_dir') or train.get('name'))).name}`, degradation "
@@ -145,8 +181,24 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         lines.append(f"- **smoke test only: the first {prov['max_images']} image(s) of each set**")
     if prov.get("fp16_note"):
         lines.append(f"- {prov['fp16_note']}")
+    if cfg.get("prior"):
+        pc = cfg["prior"]["config"]
+        lines.append(f"- prior: `{cfg['prior']['model']}` ({pc['method']['name']}, net {json.dumps(pc['net'])}), "
+                     f"{'frozen' if cfg['prior'].get('freeze', True) else 'fine-tuned'}; its weights are stored in "
+                     "this model's file (keys `prior.*`), so the model does not change when that one is re-trained")
     lines += ["", "## Results", ""]
-    if kind == "denoise":
+    if kind == "refine":
+        run = metrics["default_run"]
+        lines += [f"CBSD68, AWGN σ 25 (all images, seed 0), RGB PSNR / SSIM on the 8-bit output; NIQE (irdiff's "
+                  "model, lower = more natural); process CPU seconds per image on one thread. Measured by "
+                  "`python benchmarks/refine/run.py` (benchmarks/refine/results.md). Default sampling of this model: "
+                  f"`{run}` ({'within 0.2 dB of the prior, lower NIQE' if metrics['goal_met'] else 'goal not met'}).",
+                  "", "| run | steps | η | PSNR | SSIM | NIQE | CPU s |", "|---|---|---|---|---|---|---|"]
+        for k, r in next(iter(metrics["CBSD68"].values())).items():
+            lines.append(f"| {'prior alone' if k == 'prior' else k} | {r.get('steps', '')} | {r.get('eta', '')} | "
+                         f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['niqe']:.3f} | {r['cpu_seconds']:.2f} |")
+        lines.append(f"| noisy input | | | | | {metrics['noisy_niqe']:.3f} | |")
+    elif kind == "denoise":
         lines += ["RGB PSNR (dB) / SSIM on the 8-bit output; noise added in float with fixed seeds, not clipped.", "",
                   "| set | " + " | ".join(f"σ={s}" for s in SIGMAS) + " |", "|---|" + "---|" * len(SIGMAS)]
         for set_name, res in metrics.items():
@@ -173,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("name")
-    ap.add_argument("--eval", required=True, choices=["denoise", "sr4"])
+    ap.add_argument("--eval", required=True, choices=["denoise", "sr4", "refine"])
+    ap.add_argument("--results", type=Path, default=REFINE_RESULTS, help="--eval refine: the benchmark's results")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"test sets (default {DEFAULT_DATA})")
     ap.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder holding the bundled models")
     ap.add_argument("--fp16", action="store_true", help="store fp16 weights if PSNR moves by <= 0.01 dB")
@@ -188,15 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     from irdiff.checkpoint import write_bytes_atomic, write_text_atomic
     from irdiff.inference import load, resolve_model
 
-    sets = DENOISE_SETS if args.eval == "denoise" else SR_SETS
+    sets = {"denoise": DENOISE_SETS, "sr4": SR_SETS, "refine": ()}[args.eval]
     missing = [s for s in sets if not (args.data / s).is_dir()]
     if missing:
         raise SystemExit(f"test sets missing under {args.data}: {', '.join(missing)}")
     _, _, meta = resolve_model(args.run_dir)
     restorer = load(args.run_dir)
-    evaluate = eval_denoise if args.eval == "denoise" else eval_sr4
     t0 = time.time()
-    metrics = evaluate(restorer, args.data, args.max_images, args.tile)
+    if args.eval == "refine":  # measured by benchmarks/refine (the same evaluation path): not again here
+        if args.fp16:
+            raise SystemExit("--fp16 needs an evaluation here; not with --eval refine")
+        metrics, default = refine_metrics(args.run_dir, args.results)
+        meta = json.loads(json.dumps(meta))
+        meta["config"]["sample"]["steps"] = default["steps"]  # the benchmark's best run becomes the default
+        meta["config"]["method"]["eta"] = default["eta"]
+    else:
+        evaluate = eval_denoise if args.eval == "denoise" else eval_sr4
+        metrics = evaluate(restorer, args.data, args.max_images, args.tile)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in restorer.net.state_dict().items()}
     dtype, fp16_note = "float32", None
     if args.fp16:

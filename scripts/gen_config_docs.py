@@ -112,7 +112,7 @@ def registered_table(registry: typing.Any, kind: str, skip: tuple[str, ...] = ()
 
 
 def render() -> str:
-    from irdiff.config import Config, DataConfig, DataSpec, SampleConfig, TrainConfig
+    from irdiff.config import Config, DataConfig, DataSpec, PriorConfig, SampleConfig, TrainConfig
     from irdiff.registry import DATASETS, DEGRADATIONS, METHODS, NETS
 
     lines = [
@@ -147,6 +147,12 @@ def render() -> str:
         "## `sample`",
         "",
         *dataclass_table(SampleConfig, "sample."),
+        "",
+        "## `prior`",
+        "",
+        "Predict-and-refine (`irdiff/prior.py`): the method refines the output of a trained one-pass model.",
+        "",
+        *dataclass_table(PriorConfig, "prior."),
         "",
         "## `method`: the registered methods",
         "",

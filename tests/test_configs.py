@@ -38,6 +38,8 @@ EXPECTED = {
     "denoise_blind_v3": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic", None),
     "denoise_regression_blind": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic",
                                  None),
+    "denoise_refine_s25": ("irsde", {"mean_target": "lq", "prediction": "x0"}, "nafnet", "synthetic", "awgn", 1,
+                           "synthetic", None),  # on the prior `denoise` (irdiff.prior)
     "denoise_regression_s25": ("regression", {"loss_type": "l1"}, "nafnet", "synthetic", "awgn", 1, "synthetic",
                                None),
     "irsde_deblur": ("irsde", {"mean_target": "lq"}, "unet", "synthetic", "chain", 1, "synthetic", None),
@@ -75,13 +77,19 @@ def test_config_builds_what_it_says(path):
     method_name, variant, net_name, stream, degradation, scale, val, real = EXPECTED[path.stem]
     cfg = load_config(path)
     method = build_method(cfg)
-    assert type(method) is METHODS.get(method_name)
+    if cfg.prior is not None:  # predict-and-refine: the method below is the refining one
+        from irdiff.prior import Refine
+
+        assert isinstance(method, Refine) and cfg.prior.config is not None
+    inner = getattr(method, "method", method)
+    assert type(inner) is METHODS.get(method_name)
     for key, value in variant.items():
         assert getattr(method, key) == value, key
     assert cfg.net["name"] == net_name and cfg.img_channels == 3
     with torch.device("meta"):  # the full-size net, without allocating its weights
         model = method.build_net(dict(cfg.net), cfg.img_channels)
     net = method.inference_net(model)
+    net = getattr(net, "refiner", net)
     assert type(net) is NETS.get(net_name)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].in_channels == method.net_in_channels(3)
