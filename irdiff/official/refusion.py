@@ -162,7 +162,7 @@ def _ae_infer(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _ae_build(in_ch: int, out_ch: int, ch: int, ch_mult: list[int], embed_dim: int) -> RefusionAutoencoder:
-    return RefusionAutoencoder(in_ch, out_ch, ch, tuple(ch_mult), embed_dim)
+    return RefusionAutoencoder(in_ch, out_ch, 0, ch, tuple(ch_mult), embed_dim)
 
 
 REFUSION_AE = register_format(OfficialFormat(
