@@ -8,8 +8,10 @@ Formats:
   NAFNet with the first convolution's output added before the last, on 8 latent channels);
 - ``refusion_ae``: latent Refusion's U-Net-shaped autoencoder (codes/config/unet-latent).
 
-The two latent formats convert (``irdiff.official.convert``) but do not import into a model folder yet:
-irdiff has no latent Refusion method (issue 17). Like IR-SDE, the official code saves plain state_dicts.
+The two latent formats convert (``irdiff.official.convert``) but do not import into a model folder yet: the
+``refusion`` method (irdiff/methods/refusion.py) feeds its autoencoder [-1, 1] images, the official one was
+trained on [0, 1] images and latents, a mapping not written yet. Like IR-SDE, the official code saves plain
+state_dicts.
 ``refusion`` and ``refusion_latent`` hold the same keys; they differ in an addition without parameters
 and (in the released models) in the channel count, 3 vs 8, which is what tells them apart here.
 """
