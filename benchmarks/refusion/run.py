@@ -3,7 +3,8 @@ and PSNR at an equal training budget (issue 17).
 
     python benchmarks/refusion/run.py            # everything below, then results.md / results.json
     python benchmarks/refusion/run.py cost       # one stage (train, quality, cost; train-ae, train-refusion,
-                                                 # train-irsde: one training)
+                                                 # train-irsde: one training; cost-reverse: the cells from
+                                                 # the last, beside a `cost` process)
     python benchmarks/refusion/run.py report     # only rewrite results.md from results.json
 
 Run it with one thread on one core (``OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/refusion/run.py``); a
@@ -129,10 +130,23 @@ def cost_cells() -> list[tuple[str, int, int | None, int]]:
     return cells + [("refusion", 2048, 0, 1)]
 
 
-def run_costs(res: dict) -> None:
-    done = {(c["method"], c["size"], c["tile"], c["steps"]) for c in res.get("cost", [])}
-    for kind, size, tile, steps in cost_cells():
-        if (kind, size, tile_label(tile), steps) in done:
+def claim(cell: tuple) -> bool:
+    """True for the one process that takes ``cell`` (two cost processes may share the list: ``cost-reverse``)."""
+    path = RUNS / "claims" / ("_".join(map(str, cell)) + ".claim")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_costs(res: dict, reverse: bool = False) -> None:
+    cells = cost_cells()
+    for kind, size, tile, steps in reversed(cells) if reverse else cells:
+        res = {**res, "cost": load_results().get("cost", [])}  # what another process has added meanwhile
+        done = {(c["method"], c["size"], c["tile"], c["steps"]) for c in res["cost"]}
+        if (kind, size, tile_label(tile), steps) in done or not claim((kind, size, tile, steps)):
             continue
         print(f"cost: {kind} {size}² tile {tile_label(tile)}, {steps} steps", flush=True)
         out = subprocess.run([sys.executable, __file__, "measure", kind, str(size), str(tile), str(steps)],
@@ -277,8 +291,8 @@ def main() -> None:
             res = load_results()
         if "quality" in stages:
             run_quality(res)
-        if "cost" in stages:
-            run_costs(res)
+        if "cost" in stages or "cost-reverse" in stages:
+            run_costs(res, reverse="cost-reverse" in stages)
     report(load_results())
 
 
