@@ -38,6 +38,12 @@ def method_kwargs(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(cfg: Config, method: Method) -> nn.Module:
-    """The trainable module, initialised from ``cfg.seed`` (parameter init is part of the run's seed)."""
+    """The trainable module, initialised from ``cfg.seed`` (parameter init is part of the run's seed), with the
+    frozen weights the method takes from outside the run (``Method.init_frozen``)."""
     torch.manual_seed(cfg.seed)
-    return method.build_net(dict(cfg.net), cfg.img_channels)
+    model = method.build_net(dict(cfg.net), cfg.img_channels)
+    try:
+        method.init_frozen(model)  # weights from outside the run (Refusion's autoencoder)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return model

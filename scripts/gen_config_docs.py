@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "config.md"
 LEGACY_KEYS = ("loss_norm", "clip_denoised")  # older spellings, read but not documented as options
+PAGE_OF = {"autoencoder": "refusion"}  # methods documented on another method's page (Refusion's first stage)
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -161,7 +162,7 @@ def render() -> str:
         "for `clip_x0`.",
         "",
         *registered_table(METHODS, "method", skip=LEGACY_KEYS,
-                          pages={n: f"methods/{n}.md" for n in METHODS.names()}),
+                          pages={n: f"methods/{PAGE_OF.get(n, n)}.md" for n in METHODS.names()}),
         "## `net`: the registered networks",
         "",
         "`in_channels`, `out_channels` and `noise_level_dim` are set by the method, not in the config.",

@@ -20,6 +20,9 @@ TINY_NETS = {
     "unet": {"name": "unet", "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [1],
              "norm_groups": 4, "head_channels": 8},
     "nafnet": {"name": "nafnet", "width": 8, "enc_blocks": [1, 1], "dec_blocks": [1, 1], "middle_blocks": 1},
+    "refusion_ae": {"name": "refusion_ae", "ch": 4, "ch_mult": [1, 2], "embed_dim": 4},
+    "refusion_nafnet": {"name": "refusion_nafnet", "width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1,
+                        "dec_blk_nums": [1, 1], "intro_skip": True},
 }
 SIZE = 48  # divisible by 4 (x4 SR, Cold's pixelate with T = 2) and by the tiny UNet's 2
 
@@ -48,6 +51,10 @@ EXPECTED = {
     "irsde_derain": ("irsde", {"mean_target": "lq"}, "unet", "synthetic", "rain", 1, "paired", None),
     "irsde_sr4": ("irsde", {"mean_target": "lq"}, "unet", "synthetic", "bicubic_down", 4, "synthetic", None),
     "noise_da_denoise": ("noise_da", {}, "nafnet", "synthetic", "awgn", 1, "synthetic", "unpaired"),
+    "refusion_ae_denoise": ("autoencoder", {"loss_type": "l1"}, "refusion_ae", "synthetic", "awgn", 1, "synthetic",
+                           None),
+    "refusion_denoise": ("refusion", {"mean_target": "lq"}, "refusion_nafnet", "synthetic", "awgn", 1, "synthetic",
+                         None),
     "rddm_denoise_s25": ("rddm", {"mode": "res_noise"}, "unet", "synthetic", "awgn", 1, "synthetic", None),
     "rddm_derain": ("rddm", {"mode": "res_noise"}, "unet", "synthetic", "rain", 1, "paired", None),
     "rddm_sr4": ("rddm", {"mode": "res_noise"}, "unet", "synthetic", "bicubic_down", 4, "synthetic", None),
@@ -89,11 +96,13 @@ def test_config_builds_what_it_says(path):
     with torch.device("meta"):  # the full-size net, without allocating its weights
         model = method.build_net(dict(cfg.net), cfg.img_channels)
     net = method.inference_net(model)
-    net = getattr(net, "refiner", net)
+    net = getattr(net, "refiner", net)  # predict-and-refine: the refining net (beside its frozen prior)
+    net = getattr(net, "denoiser", net)  # Refusion: the latent denoiser (beside its frozen autoencoder)
     assert type(net) is NETS.get(net_name)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].in_channels == method.net_in_channels(3)
-    assert convs[-1].out_channels == method.net_out_channels(3)
+    last = getattr(net, "ending", convs[-1])  # refusion_nafnet registers its last conv before the decoder's
+    assert last.out_channels == method.net_out_channels(3)
     assert cfg.data.train.name == stream and (cfg.data.train.degradation or {}).get("name") == degradation
     assert degradation is None or degradation in DEGRADATIONS
     assert model_scale(cfg, method) == scale
@@ -147,6 +156,13 @@ def tiny(path: Path, folders: Path) -> dict:
     # mixed precision is one setting per process in accelerate (the first run's would stick): CPU float here
     data["train"].update(steps=2, batch_size=2, ckpt_every=2, val_every=0, log_every=1, mixed_precision="no")
     data["train"].pop("init_from", None)  # the tiny net cannot take the full-size weights
+    if data["method"]["name"] == "refusion":  # stage 2 needs a trained stage 1: the tiny autoencoder, 2 steps
+        ae_run = folders / "refusion_ae_run"
+        if not (ae_run / "model.json").is_file():
+            ae_config = path.parent / "refusion_ae_denoise.yaml"
+            train(load_config(base=tiny(ae_config, folders)), ae_run, progress=False)
+        data["method"]["autoencoder"] = str(ae_run)
+        data["method"].pop("autoencoder_net")  # read from the tiny autoencoder
     data["sample"].update(steps=2, val_max_images=1, val_save_images=1)
     return data
 

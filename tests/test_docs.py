@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD_PAGES = ["regression", "sr3", "cold", "irsde", "rddm", "noise_da"]
+METHOD_PAGES = ["regression", "sr3", "cold", "irsde", "refusion", "rddm", "noise_da"]
 
 
 def _generator():

@@ -1,3 +1,3 @@
 """Restoration methods; importing this package registers them by name."""
 
-from irdiff.methods import cold, irsde, noise_da, rddm, regression, sr3  # noqa: F401
+from irdiff.methods import autoencoder, cold, irsde, noise_da, rddm, refusion, regression, sr3  # noqa: F401

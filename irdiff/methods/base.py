@@ -123,6 +123,11 @@ class Method:
         """The part of the trained module used at inference (Noise-DA drops its diffusion net)."""
         return model
 
+    def init_frozen(self, model: nn.Module) -> None:
+        """Load, into a freshly built model, the weights a method takes from outside the run and keeps frozen
+        (Refusion: its trained autoencoder). Called when training builds the model, never when a saved model
+        loads (its file holds them). A problem is a ValueError naming the config key. Default: nothing."""
+
     # --- the contract ---------------------------------------------------------------------------
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:

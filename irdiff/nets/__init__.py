@@ -12,7 +12,7 @@ from irdiff.nets.official_irsde import IRSDEUNet
 from irdiff.nets.official_noise_da import NoiseDAUNet
 from irdiff.nets.official_palette import OfficialPaletteUNet
 from irdiff.nets.official_rddm import RDDMUnetRes
-from irdiff.nets.official_refusion import RefusionNAFNet
+from irdiff.nets.official_refusion import RefusionAutoencoder, RefusionNAFNet
 from irdiff.nets.official_sr3 import OfficialSR3UNet
 from irdiff.nets.restorers import NAFNet
 from irdiff.nets.unet import UNet
@@ -26,6 +26,7 @@ NETS.register("noise_da_unet")(NoiseDAUNet)
 NETS.register("official_palette")(OfficialPaletteUNet)
 NETS.register("rddm_unetres")(RDDMUnetRes)
 NETS.register("refusion_nafnet")(RefusionNAFNet)
+NETS.register("refusion_ae")(RefusionAutoencoder)
 NETS.register("official_sr3")(OfficialSR3UNet)
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "OfficialPaletteUNet",
     "OfficialSR3UNet",
     "RDDMUnetRes",
+    "RefusionAutoencoder",
     "RefusionNAFNet",
     "UNet",
 ]

@@ -128,11 +128,21 @@ class RefusionNAFNet(nn.Module):
 
 
 class RefusionAutoencoder(nn.Module):
-    """Latent Refusion's U-Net-shaped autoencoder (no step input); see the module docstring."""
+    """Latent Refusion's U-Net-shaped autoencoder (no step input); see the module docstring.
 
-    def __init__(self, in_ch: int = 3, out_ch: int = 3, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2, 4, 4),
-                 embed_dim: int = 4):
+    Built like every net (``in_channels``, ``out_channels``, ``noise_level_dim`` = 0: it takes no level),
+    so that the ``autoencoder`` method trains it through the one trainer; ``embed_dim`` is the number of
+    latent channels, ``scale`` the latent's spatial compression."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, noise_level_dim: int = 0, ch: int = 64,
+                 ch_mult: tuple[int, ...] = (1, 2, 4, 4), embed_dim: int = 4):
         super().__init__()
+        if noise_level_dim != 0:
+            raise ValueError(f"refusion_ae takes no noise level, got noise_level_dim {noise_level_dim}")
+        if not ch_mult:
+            raise ValueError("refusion_ae: ch_mult must list at least one level")
+        in_ch, out_ch = in_channels, out_channels
+        self.in_channels, self.out_channels, self.embed_dim = in_channels, out_channels, embed_dim
         depth = len(ch_mult)
         self.depth, self.multiple = depth, 2**depth
         self.scale = 2 ** (depth - 1)  # spatial compression of the latent
@@ -178,4 +188,7 @@ class RefusionAutoencoder(nn.Module):
         return self.final_conv(h + skips[0])[..., :height, :width]
 
     def forward(self, x: torch.Tensor, noise_level=None, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(*self.encode(x))
+        """The round trip decode(encode(x)); with ``cond``, x's latent decoded with cond's skip features
+        (Refusion's decoding of a restored latent with the degraded image's)."""
+        latent, hidden = self.encode(x)
+        return self.decode(latent, hidden if cond is None else self.encode(cond)[1])

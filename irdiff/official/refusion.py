@@ -8,8 +8,10 @@ Formats:
   NAFNet with the first convolution's output added before the last, on 8 latent channels);
 - ``refusion_ae``: latent Refusion's U-Net-shaped autoencoder (codes/config/unet-latent).
 
-The two latent formats convert (``irdiff.official.convert``) but do not import into a model folder yet:
-irdiff has no latent Refusion method (issue 17). Like IR-SDE, the official code saves plain state_dicts.
+The two latent formats convert (``irdiff.official.convert``) but do not import into a model folder yet: the
+``refusion`` method (irdiff/methods/refusion.py) feeds its autoencoder [-1, 1] images, the official one was
+trained on [0, 1] images and latents, a mapping not written yet. Like IR-SDE, the official code saves plain
+state_dicts.
 ``refusion`` and ``refusion_latent`` hold the same keys; they differ in an addition without parameters
 and (in the released models) in the channel count, 3 vs 8, which is what tells them apart here.
 """
@@ -162,7 +164,7 @@ def _ae_infer(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _ae_build(in_ch: int, out_ch: int, ch: int, ch_mult: list[int], embed_dim: int) -> RefusionAutoencoder:
-    return RefusionAutoencoder(in_ch, out_ch, ch, tuple(ch_mult), embed_dim)
+    return RefusionAutoencoder(in_ch, out_ch, 0, ch, tuple(ch_mult), embed_dim)
 
 
 REFUSION_AE = register_format(OfficialFormat(
