@@ -2,6 +2,7 @@
 and the task evaluation on tiny sets."""
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,3 +133,119 @@ def test_evaluate_task_on_tiny_sets(tmp_path, monkeypatch):
         assert row["wiener_psnr"] > 0 and row["rl_param"] in tm.TUNE_GRIDS["rl"] and row["cpu_seconds"] >= 0
     assert tm.missing_sets("jpeg", tmp_path) == ["Kodak24"]
     assert tm.missing_sets("derain", tmp_path) == ["Rain100L-subset3"]
+
+
+# ---- export as a bundled task model, benchmark numbers reused, `irdiff restore --model` ------------------------
+
+def load_script(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    from irdiff.data.io import write_image
+
+    d = tmp_path_factory.mktemp("data")
+    g = torch.Generator().manual_seed(6)
+    for name, (h, w) in {"CBSD68": (40, 36), "Kodak24": (32, 44), "BSDS500-train400": (40, 40)}.items():
+        for i in range(2):
+            write_image(d / name / f"{name}_{i}.png", torch.rand(3, h, w, generator=g))
+    for i in range(2):
+        clean = torch.rand(3, 36, 40, generator=g)
+        write_image(d / "Rain100L-subset3" / "target" / f"{i}.png", clean)
+        streaks = 0.3 * (torch.rand(3, 36, 40, generator=g) > 0.9)
+        write_image(d / "Rain100L-subset3" / "input" / f"{i}.png", (clean + streaks).clamp(0, 1))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, task_data):
+    from test_train import tiny_config
+
+    from irdiff.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(task_data / "CBSD68", steps=2), out, progress=False)
+    return out
+
+
+def test_export_deblur_card_and_restore_by_name(tiny_run, task_data, tmp_path, monkeypatch, capsys):
+    from irdiff.cli import main as cli
+
+    tm = tasks_module()
+    monkeypatch.setattr(tm, "TUNE_CROP", 32)
+    export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
+    monkeypatch.setattr(export, "TASK_MODELS", tmp_path / "no_results")  # no benchmark numbers to reuse
+    dest = tmp_path / "pretrained"
+    assert export.main([str(tiny_run), "deblur", "--eval", "deblur", "--data", str(task_data), "--dest", str(dest),
+                        "--max-images", "1", "--note", "a test"]) == 0
+    meta = json.loads((dest / "deblur" / "model.json").read_text())
+    assert meta["task"] == "deblur" and set(meta["metrics"]) == {c.key for c in tm.TASKS["deblur"]}
+    row = meta["metrics"]["CBSD68/motion15_120deg_n2"]
+    assert row["images"] == 1 and 5 < row["psnr"] < 60 and "wiener_psnr" in row and "rl_param" in row
+    card = (dest / "deblur" / "card.md").read_text()
+    assert "blind deblurring" in card and "Wiener (true kernel)" in card and "(a test)" in card
+    assert "smoke test only" in card and "TRUE kernel" in card and "CBSD68/" not in card
+
+    monkeypatch.setattr("irdiff.inference.PRETRAINED_DIR", dest)
+    src, out = tmp_path / "blurry.png", tmp_path / "sharp.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)).save(src)
+    capsys.readouterr()
+    assert cli(["restore", str(src), "-o", str(out), "--model", "deblur", "--no-progress", "--threads", "1"]) == 0
+    assert np.asarray(Image.open(out)).shape == (24, 30, 3)
+    assert cli(["info", "deblur"]) == 0 and "irdiff pretrained model `deblur`" in capsys.readouterr().out
+
+
+def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, monkeypatch):
+    run = load_script(REPO / "benchmarks" / "task_models" / "run.py", "task_models_run")
+    bench = tmp_path / "bench"
+    assert run.main(["jpeg", "--model", f"jpeg={tiny_run}", "--data", str(task_data), "--max-images", "1",
+                     "--out", str(bench)]) == 0
+    results = json.loads((bench / "results.json").read_text())
+    assert results["jpeg"]["max_images"] == 1 and len(results["jpeg"]["metrics"]) == 10
+    md = (bench / "results.md").read_text()
+    assert "## jpeg" in md and "quality 60" in md and "first 1 image(s)" in md
+    with pytest.raises(SystemExit):
+        run.main(["deblurr", "--data", str(task_data), "--out", str(bench)])
+
+    export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
+    monkeypatch.setattr(export, "TASK_MODELS", bench)
+    dest = tmp_path / "pretrained"
+    assert export.main([str(tiny_run), "jpeg", "--eval", "jpeg", "--data", str(task_data), "--dest", str(dest),
+                        "--max-images", "1"]) == 0
+    meta = json.loads((dest / "jpeg" / "model.json").read_text())
+    assert meta["metrics"] == results["jpeg"]["metrics"]
+    assert "benchmarks/task_models/results.json" in (dest / "jpeg" / "card.md").read_text()
+    assert meta["provenance"]["numbers_from"]
+    # numbers of other weights are not taken: measured afresh (equal here: the same net)
+    results["jpeg"]["model_sha"] = "0" * 16
+    (bench / "results.json").write_text(json.dumps(results))
+    assert export.main([str(tiny_run), "jpeg", "--eval", "jpeg", "--data", str(task_data), "--dest", str(dest),
+                        "--max-images", "1"]) == 0
+    again = json.loads((dest / "jpeg" / "model.json").read_text())
+    assert again["provenance"]["numbers_from"] is None
+    assert again["metrics"]["Kodak24/q10"]["psnr"] == pytest.approx(results["jpeg"]["metrics"]["Kodak24/q10"]["psnr"])
+
+
+def test_derain_cells_score_the_published_pairs_in_rgb_and_y(task_data, monkeypatch):
+    from irdiff.data.io import read_image
+    from irdiff.evaluate import score
+
+    tm = tasks_module()
+    monkeypatch.setattr(tm, "TUNE_CROP", 32)
+
+    class Identity:
+        def restore_tensor(self, img, **kw):
+            return img.clamp(0, 1)
+
+    out = tm.evaluate_task("derain", Identity(), task_data)
+    rgb, y = out["Rain100L-subset3/rgb"], out["Rain100L-subset3/y"]
+    assert rgb["images"] == y["images"] == 2 and y["y_channel"] and not rgb["y_channel"]
+    folder = task_data / "Rain100L-subset3"
+    pairs = [(read_image(folder / "input" / f"{i}.png"), read_image(folder / "target" / f"{i}.png")) for i in range(2)]
+    want = np.mean([score(lq, gt, y_channel=True)[0] for lq, gt in pairs])
+    assert y["input_psnr"] == pytest.approx(want) and y["psnr"] == pytest.approx(want)
+    assert rgb["median_param"] in tm.TUNE_GRIDS["median"] and rgb["opening_param"] in tm.TUNE_GRIDS["opening"]

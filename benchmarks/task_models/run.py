@@ -25,18 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 import tasks  # noqa: E402  (beside this file)
 
-NOTES = {
-    "deblur": "Wiener (Laplacian regulariser) and Richardson–Lucy are given the TRUE kernel of each setting "
-              "(non-blind), and their one parameter is tuned per setting on 4 BSDS500-train400 crops: the "
-              "comparison favours them; the model is blind (one net for every blur and noise level).",
-    "jpeg": "No classical deblocking filter is included (none in numpy/scipy); the baseline is the decoded "
-            "JPEG itself (Pillow, 4:2:0), what any viewer shows.",
-    "derain": "The median filter and the opening by a horizontal line are weak baselines (size tuned on 4 "
-              "BSDS500-train400 crops with synthetic rain): they remove thin bright structures of every kind "
-              "and blur texture. Rain100L-subset3 is 3 of the 100 Rain100L test pairs: a smoke check that the "
-              "model transfers from irdiff's synthetic rain to the published rain, not a Rain100L number.",
-}
-
 
 def data_root(given: Path | None) -> Path:
     """--data, else $IRDIFF_DATA, else the development checkout's data folder beside the repository, else the
@@ -68,7 +56,7 @@ def report(results: dict) -> str:
                   f"Model `{r['model']}` (step {r['step']}); {r['date']}; {r['machine']}; "
                   f"`{r['command']}`" + (f"; {r['note']}" if r.get("note") else "") + ".", "",
                   *tasks.table(task, r["metrics"]), "",
-                  f"Mean gain over the input: {tasks.mean_gain(r['metrics']):+.2f} dB. {NOTES[task]}", ""]
+                  f"Mean gain over the input: {tasks.mean_gain(r['metrics']):+.2f} dB. {tasks.NOTES[task]}", ""]
     return "\n".join(lines)
 
 
@@ -111,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         note = "; ".join(n for n in (args.note, f"first {args.max_images} image(s) per set only"
                                      if args.max_images else "") if n)
         results[task] = {"model": str(models[task]), "step": restorer.meta.get("step"), "metrics": metrics,
+                         "model_sha": tasks.weights_key(restorer), "settings": tasks.settings_key(task),
                          "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                          "machine": machine(), "command": command.strip(), "note": note,
                          "max_images": args.max_images}

@@ -78,6 +78,18 @@ TASK_SETS = {task: sorted({c.set for c in cells}) for task, cells in TASKS.items
 BASELINE_NAMES = {"wiener": "Wiener (true kernel)", "rl": "Richardson–Lucy (true kernel)",
                   "median": "median filter", "opening": "opening, horizontal line"}
 
+NOTES = {
+    "deblur": "Wiener (Laplacian regulariser) and Richardson–Lucy are given the TRUE kernel of each setting "
+              "(non-blind), and their one parameter is tuned per setting on 4 BSDS500-train400 crops: the "
+              "comparison favours them; the model is blind (one net for every blur and noise level).",
+    "jpeg": "No classical deblocking filter is included (none in numpy/scipy); the baseline is the decoded "
+            "JPEG itself (Pillow, 4:2:0), what any viewer shows.",
+    "derain": "The median filter and the opening by a horizontal line are weak baselines (size tuned on 4 "
+              "BSDS500-train400 crops with synthetic rain): they remove thin bright structures of every kind "
+              "and blur texture. Rain100L-subset3 is 3 of the 100 Rain100L test pairs: a smoke check that the "
+              "model transfers from irdiff's synthetic rain to the published rain, not a Rain100L number.",
+}
+
 
 # ---- classical methods --------------------------------------------------------------------------------------
 
@@ -323,3 +335,40 @@ def table(task: str, metrics: dict[str, Any]) -> list[str]:
 def mean_gain(metrics: dict[str, Any]) -> float:
     """The model's mean PSNR gain over its input across a task's cells."""
     return float(np.mean([r["psnr"] - r["input_psnr"] for r in metrics.values() if math.isfinite(r["input_psnr"])]))
+
+
+# ---- reuse: a card takes the benchmark's numbers when they were measured on the same weights and settings ----
+
+def weights_key(restorer: Any) -> str:
+    """A hash of the inference net's weights as loaded (float32): a run's checkpoint and the model exported
+    from it share it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(restorer.net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def settings_key(task: str) -> str:
+    """A hash of a task's test cells and the baselines' tuning: results measured under other settings differ."""
+    import hashlib
+
+    text = repr((TASKS[task], TUNE_SET, TUNE_IMAGES, TUNE_CROP, TUNE_SEED, TUNE_GRIDS, EVAL_SEED))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stored_metrics(results_json: Path, task: str, restorer: Any, max_images: int | None) -> dict[str, Any] | None:
+    """The task's entry of a benchmark results.json if it was measured on these weights, with these settings
+    and image count (and its baselines); else None."""
+    import json
+
+    if not results_json.is_file():
+        return None
+    entry = json.loads(results_json.read_text()).get(task)
+    if not entry or entry.get("max_images") != max_images or entry.get("settings") != settings_key(task):
+        return None
+    if entry.get("model_sha") != weights_key(restorer):
+        return None
+    return entry
