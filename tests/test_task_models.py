@@ -60,7 +60,7 @@ def test_wiener_matches_scikit_image_on_a_circular_image():
         ours = tm.wiener(img, k, balance, pad=0)
         for c in range(2):
             ref = restoration.wiener(img[c], k, balance, clip=False)
-            np.testing.assert_allclose(ours[c], ref, atol=1e-10)
+            np.testing.assert_allclose(ours[c], ref, atol=2e-5)  # ours in float32
 
 
 def test_wiener_inverts_a_noiseless_blur_with_reflect_borders():
@@ -83,7 +83,7 @@ def test_richardson_lucy_matches_scikit_image_away_from_the_border():
     img[0, 12:28, 12:28] = np.random.default_rng(2).random((16, 16)) * 0.8 + 0.1  # a zero margin of 12 px
     ours = tm.richardson_lucy(img, k, 5, pad=0, start=0.5)
     ref = restoration.richardson_lucy(img[0], k, num_iter=5, clip=False)
-    np.testing.assert_allclose(ours[0], ref, atol=1e-8)
+    np.testing.assert_allclose(ours[0], ref, atol=2e-5)  # ours in float32
 
 
 def test_richardson_lucy_keeps_the_flux_and_sharpens():
@@ -94,7 +94,7 @@ def test_richardson_lucy_keeps_the_flux_and_sharpens():
     lq = gaussian_blur(gt, 1.5).numpy()
     k = tm.true_kernel({"name": "gaussian_blur", "sigma": 1.5})
     out = tm.richardson_lucy(lq, k, 30, pad=0)
-    assert abs(out.sum() - lq.sum()) < 1e-9 * lq.sum()  # circular, normalised kernel: the total intensity stays
+    assert abs(out.sum() - lq.sum()) < 1e-5 * lq.sum()  # circular, normalised kernel: the total intensity stays
     errors = []
     tm.richardson_lucy(lq, k, 30, each=lambda i, x: errors.append(np.abs(x - gt.numpy()).mean()))
     assert len(errors) == 30 and errors[-1] < errors[9] < errors[0] < np.abs(lq - gt.numpy()).mean()

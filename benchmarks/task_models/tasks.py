@@ -99,7 +99,7 @@ def psf2otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from scipy import fft
 
     kh, kw = kernel.shape
-    big = np.zeros(shape)
+    big = np.zeros(shape, dtype=np.float32)
     big[:kh, :kw] = kernel
     return fft.rfft2(np.roll(big, (-(kh // 2), -(kw // 2)), axis=(0, 1)))
 
@@ -110,11 +110,13 @@ LAPLACIAN = np.array([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
 class _Padded:
     """A (C, H, W) image reflect-padded (no edge repeat: the border of irdiff's blurs) by ``pad`` px on the
     top and left and at least ``pad`` on the bottom and right, up to sizes the FFT is fast at; FFT
-    wrap-around lands in the padding, which ``crop`` removes. ``pad`` 0: the image as it is (circular)."""
+    wrap-around lands in the padding, which ``crop`` removes. ``pad`` 0: the image as it is (circular).
+    float32: twice as fast as float64 and far more precise than the 8-bit output."""
 
     def __init__(self, img: np.ndarray, kernel: np.ndarray, pad: int | None):
         from scipy import fft
 
+        img = np.asarray(img, dtype=np.float32)
         h, w = img.shape[-2:]
         self.pad = min(4 * max(kernel.shape), min(h, w) - 1) if pad is None else pad
         self.h, self.w = h, w
@@ -153,9 +155,10 @@ def richardson_lucy(img: np.ndarray, kernel: np.ndarray, iterations: int, pad: i
     p = _Padded(np.clip(img, 0, None), kernel, pad)  # RL assumes non-negative data (noise can dip below 0)
     k = psf2otf(kernel, p.shape)
     y = p.x
+    k_flipped = np.conj(k)  # correlation: the flipped kernel
     x = y.copy() if start is None else np.full_like(y, start)
     for i in range(iterations):
-        x = x * _filter(y / (_filter(x, k) + 1e-12), np.conj(k))  # conj(K): correlation, the flipped kernel
+        x = x * _filter(y / (_filter(x, k) + 1e-12), k_flipped)
         if each is not None:
             each(i + 1, p.crop(x))
     return p.crop(x)
