@@ -205,7 +205,7 @@ def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, mon
     assert run.main(["jpeg", "--model", f"jpeg={tiny_run}", "--data", str(task_data), "--max-images", "1",
                      "--out", str(bench)]) == 0
     results = json.loads((bench / "results.json").read_text())
-    assert results["jpeg"]["max_images"] == 1 and len(results["jpeg"]["metrics"]) == 10
+    assert results["jpeg"]["max_images"] == 1 and len(results["jpeg"]["metrics"]) == 8
     md = (bench / "results.md").read_text()
     assert "## jpeg" in md and "quality 60" in md and "first 1 image(s)" in md
     with pytest.raises(SystemExit):

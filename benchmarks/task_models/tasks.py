@@ -60,13 +60,13 @@ DEBLUR_SETTINGS = (  # (key, label, blur op, noise sigma on the 0-255 scale)
     ("motion9_30deg_n1", "motion 9 px at 30° + noise σ1", {"name": "motion_blur", "length": 9, "angle": 30}, 1),
     ("motion15_120deg_n2", "motion 15 px at 120° + noise σ2", {"name": "motion_blur", "length": 15, "angle": 120}, 2),
 )
-JPEG_QUALITIES = (10, 20, 30, 40, 60)
+JPEG_QUALITIES = {"CBSD68": (10, 20, 30, 40, 60), "Kodak24": (10, 30, 60)}  # Kodak: 3x the pixels, 3 levels
 
 TASKS: dict[str, list[Cell]] = {
     "deblur": [Cell(label, "CBSD68", _blur(op, s), ("wiener", "rl"), op, key=f"CBSD68/{key}")
                for key, label, op, s in DEBLUR_SETTINGS],
     "jpeg": [Cell(f"quality {q}", set_name, {"name": "jpeg", "quality": q}, key=f"{set_name}/q{q}")
-             for set_name in ("CBSD68", "Kodak24") for q in JPEG_QUALITIES],
+             for set_name, qualities in JPEG_QUALITIES.items() for q in qualities],
     "derain": [Cell("synthetic rain (irdiff `rain`, training ranges)", "CBSD68", {"name": "rain"},
                     ("median", "opening"), key="CBSD68/rain"),
                Cell("Rain100L-subset3, 3 published pairs (smoke check), RGB", "Rain100L-subset3", None,
