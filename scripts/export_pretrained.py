@@ -58,6 +58,7 @@ PUBLISHED = {
 
 EVAL_SEED = 0  # irdiff.evaluate's seeds: image i of a set is degraded with item_generator(EVAL_SEED, 0, i)
 TASK_MODELS = REPO / "benchmarks" / "task_models"
+TASK_RESULTS = TASK_MODELS / "results.json"  # benchmarks/task_models/run.py's numbers, reused for the same weights
 TASK_TEXT = {"denoise": "colour Gaussian denoising", "sr4": "x4 super-resolution (bicubic degradation)",
              "deblur": "blind deblurring (Gaussian or linear motion blur, mild noise)",
              "jpeg": "JPEG artifact removal (quality 10-60)",
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     stored = None
     if args.eval not in ("denoise", "sr4") and args.tile is None:
-        stored = task_module().stored_metrics(TASK_MODELS / "results.json", args.eval, restorer, args.max_images)
+        stored = task_module().stored_metrics(TASK_RESULTS, args.eval, restorer, args.max_images)
     if stored is not None:
         metrics = stored["metrics"]
         numbers_from = (f"`benchmarks/task_models/results.json` ({stored['date']}, same weights and settings; "

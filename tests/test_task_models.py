@@ -178,7 +178,7 @@ def test_export_deblur_card_and_restore_by_name(tiny_run, task_data, tmp_path, m
     tm = tasks_module()
     monkeypatch.setattr(tm, "TUNE_CROP", 32)
     export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
-    monkeypatch.setattr(export, "TASK_MODELS", tmp_path / "no_results")  # no benchmark numbers to reuse
+    monkeypatch.setattr(export, "TASK_RESULTS", tmp_path / "no_results.json")  # no benchmark numbers to reuse
     dest = tmp_path / "pretrained"
     assert export.main([str(tiny_run), "deblur", "--eval", "deblur", "--data", str(task_data), "--dest", str(dest),
                         "--max-images", "1", "--note", "a test"]) == 0
@@ -212,7 +212,7 @@ def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, mon
         run.main(["deblurr", "--data", str(task_data), "--out", str(bench)])
 
     export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
-    monkeypatch.setattr(export, "TASK_MODELS", bench)
+    monkeypatch.setattr(export, "TASK_RESULTS", bench / "results.json")
     dest = tmp_path / "pretrained"
     assert export.main([str(tiny_run), "jpeg", "--eval", "jpeg", "--data", str(task_data), "--dest", str(dest),
                         "--max-images", "1"]) == 0
