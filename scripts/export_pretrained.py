@@ -19,7 +19,8 @@ Images, seeds and scores come from ``irdiff.evaluate`` (the path of every number
   When ``benchmarks/task_models/results.json`` holds the task measured on the same weights and settings
   (``benchmarks/task_models/run.py``), its numbers are taken as they are, so card and benchmark agree.
 
---fp16 stores half-precision weights only if every PSNR stays within 0.01 dB of float32's.
+--fp16 stores half-precision weights only if every PSNR stays within 0.01 dB of float32's (on the first
+--fp16-images N images of each set when given: the comparison is of the same net on the same inputs).
 --max-images N evaluates the first N images of each set (a smoke test; the card says so).
 """
 
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder holding the bundled models")
     ap.add_argument("--fp16", action="store_true", help="store fp16 weights if PSNR moves by <= 0.01 dB")
     ap.add_argument("--max-images", type=int, help="evaluate only the first N images per set (smoke test)")
+    ap.add_argument("--fp16-images", type=int, help="--fp16: compare float32 and fp16 on the first N images per set "
+                    "(default: every evaluated image)")
     ap.add_argument("--tile", type=int, help="tile size for evaluation (default: whole images)")
     ap.add_argument("--note", help="a remark on the training for the card (e.g. where it ran, what it resumed)")
     args = ap.parse_args(argv)
@@ -257,16 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().cpu().contiguous().clone() for k, v in restorer.net.state_dict().items()}
     dtype, fp16_note = "float32", None
     if args.fp16:
+        def model_only(max_images: int | None) -> dict[str, Any]:
+            if args.eval in ("denoise", "sr4"):
+                return evaluate(restorer, args.data, max_images, args.tile)
+            return evaluate(restorer, args.data, max_images, args.tile, baselines=False)
+
+        checked = args.max_images if args.fp16_images is None else args.fp16_images
+        reference = metrics if checked == args.max_images else model_only(checked)
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         restorer.net.load_state_dict(half)  # cast back to the float32 parameters: what inference sees
-        m16 = (evaluate(restorer, args.data, args.max_images, args.tile) if args.eval in ("denoise", "sr4")
-               else evaluate(restorer, args.data, args.max_images, args.tile, baselines=False))
-        delta = max(abs(a - b) for a, b in zip(psnrs(metrics), psnrs(m16)))
+        m16 = model_only(checked)
+        delta = max(abs(a - b) for a, b in zip(psnrs(reference), psnrs(m16)))
+        on = "" if args.fp16_images is None else f" on the first {checked} images of each set"
         if delta <= 0.01:
             state, dtype = half, "float16"
-            fp16_note = f"fp16 weights: largest PSNR change vs float32 {delta:.4f} dB (<= 0.01)"
+            fp16_note = f"fp16 weights: largest PSNR change vs float32 {delta:.4f} dB (<= 0.01){on}"
         else:
-            fp16_note = f"float32 weights kept: fp16 moved PSNR by up to {delta:.4f} dB (> 0.01)"
+            fp16_note = f"float32 weights kept: fp16 moved PSNR by up to {delta:.4f} dB (> 0.01){on}"
     eval_seconds = time.time() - t0
 
     prov = {"run": str(args.run_dir), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -215,9 +215,10 @@ def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, mon
     monkeypatch.setattr(export, "TASK_RESULTS", bench / "results.json")
     dest = tmp_path / "pretrained"
     assert export.main([str(tiny_run), "jpeg", "--eval", "jpeg", "--data", str(task_data), "--dest", str(dest),
-                        "--max-images", "1"]) == 0
+                        "--max-images", "1", "--fp16", "--fp16-images", "1"]) == 0
     meta = json.loads((dest / "jpeg" / "model.json").read_text())
     assert meta["metrics"] == results["jpeg"]["metrics"]
+    assert meta["provenance"]["dtype"] in ("float16", "float32") and "first 1 images" in meta["provenance"]["fp16_note"]
     assert "benchmarks/task_models/results.json" in (dest / "jpeg" / "card.md").read_text()
     assert meta["provenance"]["numbers_from"]
     # numbers of other weights are not taken: measured afresh (equal here: the same net)
