@@ -258,12 +258,14 @@ class CpuTimer:
         return out
 
 
-def cell_items(cell: Cell, data: Path, max_images: int | None = None) -> list[Any]:
+def cell_items(cell: Cell, data: Path, max_images: int | None = None, every: int = 1) -> list[Any]:
+    """The cell's test items: a clean set degraded with the per-image seeds (``every``-th file, then the first
+    ``max_images``; an image keeps its seed whichever are taken), or a paired set (all its pairs)."""
     from irdiff.config import DataSpec
     from irdiff.evaluate import dataset_items, degraded_items
 
     if cell.degradation is not None:
-        return degraded_items(data / cell.set, cell.degradation, EVAL_SEED, max_images=max_images)
+        return degraded_items(data / cell.set, cell.degradation, EVAL_SEED, every=every, max_images=max_images)
     spec = DataSpec(name="paired", gt_dir=str(data / cell.set / "target"), lq_dir=str(data / cell.set / "input"),
                     patch_size=None, cache=False)
     return dataset_items(spec, EVAL_SEED, max_images=max_images)
@@ -275,7 +277,8 @@ def missing_sets(task: str, data: Path, baselines: bool = True) -> list[str]:
 
 
 def evaluate_task(task: str, restorer: Any, data: Path, max_images: int | None = None, tile: int | None = None,
-                  baselines: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  baselines: bool = True, log: Callable[[str], None] | None = None, every: int = 1
+                  ) -> dict[str, Any]:
     """Per cell: the model's PSNR / SSIM and CPU seconds per image, the input's, and (``baselines``) each
     classical baseline's with its tuned parameter. Keys are flat (``psnr`` is the model's only)."""
     from irdiff.evaluate import evaluate, with_restorer
@@ -286,7 +289,7 @@ def evaluate_task(task: str, restorer: Any, data: Path, max_images: int | None =
     out: dict[str, Any] = {}
     tuned: dict[tuple, tuple[Any, float]] = {}
     for cell in TASKS[task]:
-        items = cell_items(cell, data, max_images)
+        items = cell_items(cell, data, max_images, every)
         timer = CpuTimer(with_restorer(restorer, tile=tile))
         r = evaluate(items, timer, seed=EVAL_SEED, y_channel=cell.y_channel)
         row: dict[str, Any] = {"label": cell.label, "set": cell.set, "degradation": cell.degradation,
