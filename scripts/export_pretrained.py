@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, help="tile size for evaluation (default: whole images)")
     ap.add_argument("--note", help="a remark on the training for the card (e.g. where it ran, what it resumed)")
     args = ap.parse_args(argv)
-    command = "python scripts/export_pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/export_pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     from safetensors.torch import save
 

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -70,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=1, help="every N-th image of the clean sets (a CPU-bound run)")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. 'core shared with a training')")
     ap.add_argument("--out", type=Path, default=HERE, help="folder of results.json / results.md")
+    ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args(argv)
+    if args.report:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(report(results))
+        return 0
     unknown = [t for t in args.task if t not in tasks.TASKS]
     if unknown:
         ap.error(f"unknown task {unknown[0]!r} (known: {', '.join(tasks.TASKS)})")
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import irdiff
 
-    command = "python benchmarks/task_models/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/task_models/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for task in todo:

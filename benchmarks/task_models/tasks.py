@@ -316,7 +316,8 @@ def evaluate_task(task: str, restorer: Any, data: Path, max_images: int | None =
 
 
 def baseline_param_text(name: str, param: Any) -> str:
-    return {"wiener": f"balance {param:.2g}", "rl": f"{param} iterations", "median": f"{param}x{param}",
+    return {"wiener": f"balance {param:.2g}", "rl": f"{param} iterations" + (" (the most tried)" if param ==
+            max(TUNE_GRIDS["rl"]) else ""), "median": f"{param}x{param}",
             "opening": f"1x{param}"}.get(name, str(param))
 
 
@@ -326,11 +327,16 @@ def table(task: str, metrics: dict[str, Any]) -> list[str]:
     head = ["set", "test degradation", "images", "model", "input"] + [BASELINE_NAMES[n] for n in names]
     lines = ["| " + " | ".join(head) + " | model s/img |", "|---" * (len(head) + 1) + "|"]
     for row in metrics.values():
-        cells = [row["set"], row["label"], str(row["images"]), f"**{row['psnr']:.2f}** / {row['ssim']:.4f}",
-                 f"{row['input_psnr']:.2f} / {row['input_ssim']:.4f}"]
+        best = max([row["psnr"], row["input_psnr"]] + [row[f"{n}_psnr"] for n in names if f"{n}_psnr" in row])
+
+        def psnr(v: float, best: float = best) -> str:  # the row's best PSNR in bold
+            return f"**{v:.2f}**" if v == best else f"{v:.2f}"
+
+        cells = [row["set"], row["label"], str(row["images"]), f"{psnr(row['psnr'])} / {row['ssim']:.4f}",
+                 f"{psnr(row['input_psnr'])} / {row['input_ssim']:.4f}"]
         for n in names:
             if f"{n}_psnr" in row:
-                cells.append(f"{row[f'{n}_psnr']:.2f} / {row[f'{n}_ssim']:.4f} "
+                cells.append(f"{psnr(row[f'{n}_psnr'])} / {row[f'{n}_ssim']:.4f} "
                              f"({baseline_param_text(n, row[f'{n}_param'])}, {row[f'{n}_cpu_seconds']:.2f} s)")
             else:
                 cells.append("–")
