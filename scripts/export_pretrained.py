@@ -1,6 +1,6 @@
 """Bundle a trained run as irdiff/pretrained/NAME, measured on the standard test sets.
 
-    python scripts/export_pretrained.py RUN_DIR NAME --eval denoise|sr4 [--fp16] [--data DIR]
+    python scripts/export_pretrained.py RUN_DIR NAME --eval denoise|sr4|deblur|jpeg|derain [--fp16] [--data DIR]
 
 Copies the run's inference weights (the EMA net, as ``export_inference`` writes them; only what
 inference needs) into irdiff/pretrained/NAME/model.safetensors, evaluates them and writes
@@ -13,13 +13,19 @@ Images, seeds and scores come from ``irdiff.evaluate`` (the path of every number
   PSNR / SSIM on RGB of the 8-bit-rounded output (BasicSR conventions), as the published tables.
 - sr4: Set5 and Set14; HR mod-cropped to 4, LR = MATLAB bicubic / 4 rounded to 8 bits (as a saved LR
   PNG); PSNR / SSIM on the Y channel with a 4-px border cropped; bicubic upsampling alongside.
+- deblur, jpeg, derain: the test cells of ``benchmarks/task_models/tasks.py`` (fixed blurs + noise on CBSD68;
+  JPEG quality 10-60 on CBSD68 and Kodak24; synthetic rain on CBSD68 and the Rain100L-subset3 pairs), with
+  the input and the classical baselines (Wiener / Richardson-Lucy given the true kernel; median / opening).
+  When ``benchmarks/task_models/results.json`` holds the task measured on the same weights and settings
+  (``benchmarks/task_models/run.py``), its numbers are taken as they are, so card and benchmark agree.
 
 - refine (a predict-and-refine model, ``irdiff.prior``): no evaluation here; the card takes the prior-vs-refined
   table of CBSD68 sigma 25 that benchmarks/refine/run.py measured through the same path on these weights
   (its results.json, whose runs must name RUN_DIR), and the model's default steps / eta become those of the
   run that best meets the goal (``benchmarks/refine/report.py: chosen``).
 
---fp16 stores half-precision weights only if every PSNR stays within 0.01 dB of float32's.
+--fp16 stores half-precision weights only if every PSNR stays within 0.01 dB of float32's (on the first
+--fp16-images N images of each set when given: the comparison is of the same net on the same inputs).
 --max-images N evaluates the first N images of each set (a smoke test; the card says so).
 """
 
@@ -31,6 +37,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -57,6 +64,26 @@ PUBLISHED = {
 
 
 EVAL_SEED = 0  # irdiff.evaluate's seeds: image i of a set is degraded with item_generator(EVAL_SEED, 0, i)
+TASK_MODELS = REPO / "benchmarks" / "task_models"
+TASK_RESULTS = TASK_MODELS / "results.json"  # benchmarks/task_models/run.py's numbers, reused for the same weights
+TASK_TEXT = {"denoise": "colour Gaussian denoising", "sr4": "x4 super-resolution (bicubic degradation)",
+             "deblur": "blind deblurring (Gaussian or linear motion blur, mild noise)",
+             "jpeg": "JPEG artifact removal (quality 10-60)",
+             "derain": "rain-streak removal (irdiff's synthetic `rain` degradation)",
+             "refine": "colour Gaussian denoising, predict-and-refine: a diffusion model refining a one-pass denoiser"}
+
+
+def task_module() -> Any:
+    """benchmarks/task_models/tasks.py: the test cells and baselines of the one-pass task models."""
+    import importlib.util
+
+    name = "irdiff_task_models"
+    if name not in sys.modules:  # registered before it runs: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location(name, TASK_MODELS / "tasks.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def eval_denoise(restorer: Any, data: Path, max_images: int | None, tile: int | None) -> dict[str, Any]:
@@ -155,10 +182,6 @@ def training_log(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-TASKS = {"denoise": "colour Gaussian denoising", "sr4": "x4 super-resolution (bicubic degradation)",
-         "refine": "colour Gaussian denoising, predict-and-refine: a diffusion model refining a one-pass denoiser"}
-
-
 def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], prov: dict[str, Any]) -> str:
     cfg = meta["config"]
     train = cfg["data"]["train"]
@@ -167,12 +190,16 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
     lines = [
         f"# irdiff pretrained model `{name}`",
         "",
-        f"- task: {TASKS[kind]}",
+        f"- task: {TASK_TEXT[kind]}",
         f"- method: {cfg['method']['name']} ({json.dumps(cfg['method'])}); net: {json.dumps(cfg['net'])}; "
         f"{prov['parameters']:,} parameters, {prov['dtype']} weights",
         f"- training data: `{Path(str(train.get('gt_dir') or train.get('name'))).name}`, degradation "
         f"{json.dumps(deg)}, patches {train.get('patch_size')}, batch {cfg['train']['batch_size']}",
-        f"- training: {meta.get('step')} steps" + (f", {hours / 3600:.2f} h wall time" if hours else "")
+        f"- training: {meta.get('step')} steps"
+        + (f", fine-tuned from the bundled `{cfg['train']['init_from']}` weights"
+           if cfg["train"].get("init_from") else "")
+        + (f" ({prov['note']})" if prov.get("note") else "")
+        + (f", {hours / 3600:.2f} h wall time" if hours else "")
         + f" (run `{prov['run']}`, config name `{cfg.get('name')}`)",
         f"- evaluated: {prov['date']} on {prov['machine']}",
         f"- command: `{prov['command']}`",
@@ -186,6 +213,8 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         lines.append(f"- prior: `{cfg['prior']['model']}` ({pc['method']['name']}, net {json.dumps(pc['net'])}), "
                      f"{'frozen' if cfg['prior'].get('freeze', True) else 'fine-tuned'}; its weights are stored in "
                      "this model's file (keys `prior.*`), so the model does not change when that one is re-trained")
+    if prov.get("numbers_from"):
+        lines.append(f"- numbers: {prov['numbers_from']}")
     lines += ["", "## Results", ""]
     if kind == "refine":
         run = metrics["default_run"]
@@ -198,6 +227,12 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
             lines.append(f"| {'prior alone' if k == 'prior' else k} | {r.get('steps', '')} | {r.get('eta', '')} | "
                          f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['niqe']:.3f} | {r['cpu_seconds']:.2f} |")
         lines.append(f"| noisy input | | | | | {metrics['noisy_niqe']:.3f} | |")
+    elif kind in TASK_TEXT and kind not in ("denoise", "sr4"):
+        tm = task_module()
+        lines += ["PSNR (dB) / SSIM on the 8-bit output (RGB unless the row says Y), degradations seeded per image "
+                  "(`benchmarks/task_models/tasks.py`); CPU seconds per image on one thread.", "",
+                  *tm.table(kind, metrics), "",
+                  f"Mean gain over the input: {tm.mean_gain(metrics):+.2f} dB. {tm.NOTES[kind]}"]
     elif kind == "denoise":
         lines += ["RGB PSNR (dB) / SSIM on the 8-bit output; noise added in float with fixed seeds, not clipped.", "",
                   "| set | " + " | ".join(f"σ={s}" for s in SIGMAS) + " |", "|---|" + "---|" * len(SIGMAS)]
@@ -213,10 +248,11 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
             lines.append(f"| {set_name} ({res['images']} images) | {res['psnr_y']:.2f} / {res['ssim_y']:.4f} | "
                          f"{res['bicubic_psnr_y']:.2f} / {res['bicubic_ssim_y']:.4f} | "
                          f"{PUBLISHED['sr4'][set_name]['bicubic']:.2f} |")
+    test_sets = sorted({r["set"] for r in metrics.values()}) if kind not in ("denoise", "sr4") else list(metrics)
     lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",
-              f"Test images are research benchmarks ({', '.join(metrics)}: sources, terms and checksums in "
+              f"Test images are research benchmarks ({', '.join(test_sets)}: sources, terms and checksums in "
               "`irdiff data list`; `irdiff data fetch NAME` downloads them); none is shipped with the model.", ""]
     return "\n".join(lines)
 
@@ -225,15 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("name")
-    ap.add_argument("--eval", required=True, choices=["denoise", "sr4", "refine"])
+    ap.add_argument("--eval", required=True, choices=list(TASK_TEXT))
     ap.add_argument("--results", type=Path, default=REFINE_RESULTS, help="--eval refine: the benchmark's results")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"test sets (default {DEFAULT_DATA})")
     ap.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder holding the bundled models")
     ap.add_argument("--fp16", action="store_true", help="store fp16 weights if PSNR moves by <= 0.01 dB")
     ap.add_argument("--max-images", type=int, help="evaluate only the first N images per set (smoke test)")
+    ap.add_argument("--fp16-images", type=int, help="--fp16: compare float32 and fp16 on the first N images per set "
+                    "(default: every evaluated image)")
     ap.add_argument("--tile", type=int, help="tile size for evaluation (default: whole images)")
+    ap.add_argument("--note", help="a remark on the training for the card (e.g. where it ran, what it resumed)")
     args = ap.parse_args(argv)
-    command = "python scripts/export_pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/export_pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     from safetensors.torch import save
 
@@ -241,12 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     from irdiff.checkpoint import write_bytes_atomic, write_text_atomic
     from irdiff.inference import load, resolve_model
 
-    sets = {"denoise": DENOISE_SETS, "sr4": SR_SETS, "refine": ()}[args.eval]
-    missing = [s for s in sets if not (args.data / s).is_dir()]
+    if args.eval in ("denoise", "sr4", "refine"):
+        sets = {"denoise": DENOISE_SETS, "sr4": SR_SETS, "refine": ()}[args.eval]
+        missing = [s for s in sets if not (args.data / s).is_dir()]
+    else:
+        missing = task_module().missing_sets(args.eval, args.data)
     if missing:
         raise SystemExit(f"test sets missing under {args.data}: {', '.join(missing)}")
     _, _, meta = resolve_model(args.run_dir)
     restorer = load(args.run_dir)
+    numbers_from = None
     t0 = time.time()
     if args.eval == "refine":  # measured by benchmarks/refine (the same evaluation path): not again here
         if args.fp16:
@@ -256,25 +299,49 @@ def main(argv: list[str] | None = None) -> int:
         meta["config"]["sample"]["steps"] = default["steps"]  # the benchmark's best run becomes the default
         meta["config"]["method"]["eta"] = default["eta"]
     else:
-        evaluate = eval_denoise if args.eval == "denoise" else eval_sr4
-        metrics = evaluate(restorer, args.data, args.max_images, args.tile)
+        if args.eval == "denoise":
+            evaluate = eval_denoise
+        elif args.eval == "sr4":
+            evaluate = eval_sr4
+        else:
+            def evaluate(restorer: Any, data: Path, max_images: int | None, tile: int | None,
+                         baselines: bool = True) -> dict[str, Any]:
+                return task_module().evaluate_task(args.eval, restorer, data, max_images, tile, baselines=baselines)
+        stored = None
+        if args.eval not in ("denoise", "sr4") and args.tile is None:
+            stored = task_module().stored_metrics(TASK_RESULTS, args.eval, restorer, args.max_images)
+        if stored is not None:
+            metrics = stored["metrics"]
+            numbers_from = (f"`benchmarks/task_models/results.json` ({stored['date']}, same weights and settings; "
+                            f"`{stored['command']}`)")
+        else:
+            metrics = evaluate(restorer, args.data, args.max_images, args.tile)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in restorer.net.state_dict().items()}
     dtype, fp16_note = "float32", None
     if args.fp16:
+        def model_only(max_images: int | None) -> dict[str, Any]:
+            if args.eval in ("denoise", "sr4"):
+                return evaluate(restorer, args.data, max_images, args.tile)
+            return evaluate(restorer, args.data, max_images, args.tile, baselines=False)
+
+        checked = args.max_images if args.fp16_images is None else args.fp16_images
+        reference = metrics if checked == args.max_images else model_only(checked)
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         restorer.net.load_state_dict(half)  # cast back to the float32 parameters: what inference sees
-        m16 = evaluate(restorer, args.data, args.max_images, args.tile)
-        delta = max(abs(a - b) for a, b in zip(psnrs(metrics), psnrs(m16)))
+        m16 = model_only(checked)
+        delta = max(abs(a - b) for a, b in zip(psnrs(reference), psnrs(m16)))
+        on = "" if args.fp16_images is None else f" on the first {checked} images of each set"
         if delta <= 0.01:
             state, dtype = half, "float16"
-            fp16_note = f"fp16 weights: largest PSNR change vs float32 {delta:.4f} dB (<= 0.01)"
+            fp16_note = f"fp16 weights: largest PSNR change vs float32 {delta:.4f} dB (<= 0.01){on}"
         else:
-            fp16_note = f"float32 weights kept: fp16 moved PSNR by up to {delta:.4f} dB (> 0.01)"
+            fp16_note = f"float32 weights kept: fp16 moved PSNR by up to {delta:.4f} dB (> 0.01){on}"
     eval_seconds = time.time() - t0
 
     prov = {"run": str(args.run_dir), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "command": command, "dtype": dtype, "fp16_note": fp16_note,
-            "max_images": args.max_images, "eval_seconds": round(eval_seconds, 1),
+            "max_images": args.max_images, "eval_seconds": round(eval_seconds, 1), "numbers_from": numbers_from,
+            "note": args.note,
             "parameters": sum(v.numel() for v in state.values()),
             "training": training_log(args.run_dir), "irdiff": __version__, "torch": torch.__version__}
     meta_out = {k: v for k, v in meta.items() if k != "from_checkpoint"}
