@@ -277,7 +277,7 @@ def test_data_root_default_is_the_user_cache(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_configs_read_catalog_sets_under_the_data_root(path, monkeypatch, tmp_path):
-    assert "shared" not in path.read_text()
+    assert "../shared" not in path.read_text() and "/shared/data" not in path.read_text()
     monkeypatch.delenv("IRDIFF_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     root = tmp_path / "xdg" / "irdiff" / "data"  # unset IRDIFF_DATA: the folder `irdiff data fetch` fills
