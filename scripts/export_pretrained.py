@@ -248,7 +248,12 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
             lines.append(f"| {set_name} ({res['images']} images) | {res['psnr_y']:.2f} / {res['ssim_y']:.4f} | "
                          f"{res['bicubic_psnr_y']:.2f} / {res['bicubic_ssim_y']:.4f} | "
                          f"{PUBLISHED['sr4'][set_name]['bicubic']:.2f} |")
-    test_sets = sorted({r["set"] for r in metrics.values()}) if kind not in ("denoise", "sr4") else list(metrics)
+    if kind == "refine":
+        test_sets = ["CBSD68"]
+    elif kind in ("denoise", "sr4"):
+        test_sets = list(metrics)
+    else:
+        test_sets = sorted({r["set"] for r in metrics.values()})
     lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",

@@ -107,7 +107,8 @@ def test_conversions_of_any_float_stay_in_range(profile):
 
 # --------------------------------------------------------------------------------------- degradations
 
-DEGRADATION_ARGS = {"chain": {"ops": [{"name": "gaussian_blur"}, {"name": "awgn"}]}}
+DEGRADATION_ARGS = {"chain": {"ops": [{"name": "gaussian_blur"}, {"name": "awgn"}]},
+                    "one_of": {"ops": [{"name": "gaussian_blur"}, {"name": "motion_blur"}]}}
 # degradations whose output stays in [0, 1] for inputs in [0, 1] (noise and bicubic overshoot are not clipped)
 IN_RANGE = {"gaussian_blur", "motion_blur", "jpeg", "mask", "rain", "haze"}
 
