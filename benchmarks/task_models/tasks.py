@@ -86,8 +86,8 @@ NOTES = {
             "JPEG itself (Pillow, 4:2:0), what any viewer shows.",
     "derain": "The median filter and the opening by a horizontal line are weak baselines (size tuned on 4 "
               "BSDS500-train400 crops with synthetic rain): they remove thin bright structures of every kind "
-              "and blur texture. Rain100L-subset3 is 3 of the 100 Rain100L test pairs: a smoke check that the "
-              "model transfers from irdiff's synthetic rain to the published rain, not a Rain100L number.",
+              "and blur texture. Rain100L-subset3 is 3 of the 100 Rain100L test pairs: a smoke check of whether "
+              "the model transfers from irdiff's synthetic rain to the published rain, not a Rain100L number.",
 }
 
 
