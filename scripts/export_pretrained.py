@@ -94,6 +94,7 @@ def eval_sr4(restorer: Any, data: Path, max_images: int | None, tile: int | None
 
 
 REFINE_RESULTS = REPO / "benchmarks" / "refine" / "results.json"
+TEST_SETS = DENOISE_SETS + SR_SETS
 
 
 def refine_metrics(run_dir: Path, results_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,6 +182,8 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         lines.append(f"- **smoke test only: the first {prov['max_images']} image(s) of each set**")
     if prov.get("fp16_note"):
         lines.append(f"- {prov['fp16_note']}")
+    if prov.get("note"):
+        lines.append(f"- {prov['note']}")
     if cfg.get("prior"):
         pc = cfg["prior"]["config"]
         lines.append(f"- prior: `{cfg['prior']['model']}` ({pc['method']['name']}, net {json.dumps(pc['net'])}), "
@@ -213,10 +216,18 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
             lines.append(f"| {set_name} ({res['images']} images) | {res['psnr_y']:.2f} / {res['ssim_y']:.4f} | "
                          f"{res['bicubic_psnr_y']:.2f} / {res['bicubic_ssim_y']:.4f} | "
                          f"{PUBLISHED['sr4'][set_name]['bicubic']:.2f} |")
-    lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
+    use = [f"irdiff restore photo.png -o restored.png --model {name}"]
+    if kind == "refine":  # the table's most textured settings, for comparison
+        runs = {k: r for k, r in next(iter(metrics["CBSD68"].values())).items() if k != "prior"}
+        r = min(runs.values(), key=lambda r: r["niqe"])
+        use[0] += f"   # {metrics['default_run']}"
+        use.append(f"irdiff restore photo.png -o textured.png --model {name} --steps {r['steps']} --eta {r['eta']:g}"
+                   "   # the lowest NIQE of the table")
+    lines += ["", "## Use", "", "```", *use,
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",
-              f"Test images are research benchmarks ({', '.join(metrics)}: sources, terms and checksums in "
+              f"Test images are research benchmarks ({', '.join(k for k in metrics if k in TEST_SETS)}: sources, "
+              "terms and checksums in "
               "`irdiff data list`; `irdiff data fetch NAME` downloads them); none is shipped with the model.", ""]
     return "\n".join(lines)
 
@@ -227,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name")
     ap.add_argument("--eval", required=True, choices=["denoise", "sr4", "refine"])
     ap.add_argument("--results", type=Path, default=REFINE_RESULTS, help="--eval refine: the benchmark's results")
+    ap.add_argument("--note", help="one more line for the card (e.g. how the run was trained)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"test sets (default {DEFAULT_DATA})")
     ap.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder holding the bundled models")
     ap.add_argument("--fp16", action="store_true", help="store fp16 weights if PSNR moves by <= 0.01 dB")
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prov = {"run": str(args.run_dir), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "command": command, "dtype": dtype, "fp16_note": fp16_note,
-            "max_images": args.max_images, "eval_seconds": round(eval_seconds, 1),
+            "max_images": args.max_images, "eval_seconds": round(eval_seconds, 1), "note": args.note,
             "parameters": sum(v.numel() for v in state.values()),
             "training": training_log(args.run_dir), "irdiff": __version__, "torch": torch.__version__}
     meta_out = {k: v for k, v in meta.items() if k != "from_checkpoint"}
