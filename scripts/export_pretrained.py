@@ -121,6 +121,7 @@ def eval_sr4(restorer: Any, data: Path, max_images: int | None, tile: int | None
 
 
 REFINE_RESULTS = REPO / "benchmarks" / "refine" / "results.json"
+TEST_SETS = DENOISE_SETS + SR_SETS
 
 
 def refine_metrics(run_dir: Path, results_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -208,6 +209,8 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         lines.append(f"- **smoke test only: the first {prov['max_images']} image(s) of each set**")
     if prov.get("fp16_note"):
         lines.append(f"- {prov['fp16_note']}")
+    if prov.get("note"):
+        lines.append(f"- {prov['note']}")
     if cfg.get("prior"):
         pc = cfg["prior"]["config"]
         lines.append(f"- prior: `{cfg['prior']['model']}` ({pc['method']['name']}, net {json.dumps(pc['net'])}), "
@@ -254,7 +257,14 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         test_sets = list(metrics)
     else:
         test_sets = sorted({r["set"] for r in metrics.values()})
-    lines += ["", "## Use", "", "```", f"irdiff restore photo.png -o restored.png --model {name}",
+    use = [f"irdiff restore photo.png -o restored.png --model {name}"]
+    if kind == "refine":  # the table's most textured settings, for comparison
+        runs = {k: r for k, r in next(iter(metrics["CBSD68"].values())).items() if k != "prior"}
+        r = min(runs.values(), key=lambda r: r["niqe"])
+        use[0] += f"   # {metrics['default_run']}"
+        use.append(f"irdiff restore photo.png -o textured.png --model {name} --steps {r['steps']} --eta {r['eta']:g}"
+                   "   # the lowest NIQE of the table")
+    lines += ["", "## Use", "", "```", *use,
               "```", "", "```python", "import irdiff", "",
               f"restored = irdiff.load({name!r}).restore(image)  # numpy / PIL / tensor, any size", "```", "",
               f"Test images are research benchmarks ({', '.join(test_sets)}: sources, terms and checksums in "
