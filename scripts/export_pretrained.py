@@ -209,8 +209,6 @@ def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], pr
         lines.append(f"- **smoke test only: the first {prov['max_images']} image(s) of each set**")
     if prov.get("fp16_note"):
         lines.append(f"- {prov['fp16_note']}")
-    if prov.get("note"):
-        lines.append(f"- {prov['note']}")
     if cfg.get("prior"):
         pc = cfg["prior"]["config"]
         lines.append(f"- prior: `{cfg['prior']['model']}` ({pc['method']['name']}, net {json.dumps(pc['net'])}), "
