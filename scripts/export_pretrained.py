@@ -305,9 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     numbers_from = None
     t0 = time.time()
     if args.eval == "refine":  # measured by benchmarks/refine (the same evaluation path): not again here
-        if args.fp16:
-            raise SystemExit("--fp16 needs an evaluation here; not with --eval refine")
+        if args.fp16 and args.fp16_images is None:
+            raise SystemExit("--eval refine --fp16 needs --fp16-images N (the fp16 check's CBSD68 images)")
         metrics, default = refine_metrics(args.run_dir, args.results)
+
+        def evaluate(restorer: Any, data: Path, max_images: int | None, tile: int | None) -> dict[str, Any]:
+            # only for the fp16 check: the benchmark's default run (CBSD68 sigma 25, its steps and eta, seeded)
+            from irdiff.evaluate import degraded_items, with_restorer
+            from irdiff.evaluate import evaluate as run_eval
+
+            items = degraded_items(data / "CBSD68", {"name": "awgn", "sigma": 25}, EVAL_SEED, max_images=max_images)
+            r = run_eval(items, with_restorer(restorer, tile=tile, steps=default["steps"], eta=default["eta"]),
+                         seed=EVAL_SEED)
+            return {"psnr": r.mean("psnr")}
         meta = json.loads(json.dumps(meta))
         meta["config"]["sample"]["steps"] = default["steps"]  # the benchmark's best run becomes the default
         meta["config"]["method"]["eta"] = default["eta"]
@@ -333,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     dtype, fp16_note = "float32", None
     if args.fp16:
         def model_only(max_images: int | None) -> dict[str, Any]:
-            if args.eval in ("denoise", "sr4"):
+            if args.eval in ("denoise", "sr4", "refine"):
                 return evaluate(restorer, args.data, max_images, args.tile)
             return evaluate(restorer, args.data, max_images, args.tile, baselines=False)
 
         checked = args.max_images if args.fp16_images is None else args.fp16_images
-        reference = metrics if checked == args.max_images else model_only(checked)
+        reference = metrics if checked == args.max_images and args.eval != "refine" else model_only(checked)
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         restorer.net.load_state_dict(half)  # cast back to the float32 parameters: what inference sees
         m16 = model_only(checked)
