@@ -111,7 +111,9 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """The global L2 norm of the gradients (0-dim): non-finite iff a gradient is (or their norm overflows), so
     it is both the numerical guard's test and the norm that clipping scales by (one pass over the gradients)."""
     grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def _usable_cores() -> int:
@@ -297,8 +299,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.mixed_precision == "fp16":
             accel.unscale_gradients()
-        norm = _grad_norm(params)
-        ok = (torch.isfinite(loss.detach()) & torch.isfinite(norm)).float().cpu()
+        norm, loss = _grad_norm(params), loss.detach()
+        # the guard's verdict, the loss and the norm in one device -> host copy (each copy waits for a GPU)
+        host = torch.stack([(torch.isfinite(loss) & torch.isfinite(norm)).float(), loss, norm.float()]).cpu()
+        ok = host[0]
         if self.world > 1:  # the same decision on every process
             ok = accel.reduce(ok.to(self.device), reduction="sum").cpu() / self.world
         if float(ok) < 1:
@@ -309,11 +313,11 @@ class Trainer:
         grad_norm = None
         if tc.grad_clip:  # what clip_grad_norm_ does, with the norm computed once above (fp16: unscaled)
             torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, norm)
-            grad_norm = float(norm)
+            grad_norm = float(host[2])
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update()
-        return StepResult(loss.item(), lr, grad_norm)
+        return StepResult(float(host[1]), lr, grad_norm)
 
     # ---- validation, checkpoints, export -------------------------------------------------------
     @torch.no_grad()

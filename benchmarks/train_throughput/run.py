@@ -178,10 +178,10 @@ def write_md(all_res: dict) -> None:
              "| bare fp32 s/step | date |", "|---|---|---|---|---|---|---|---|"]
     for label, r in all_res.items():
         fp32 = f"{r['bare_fp32']['cpu_s']:.3f}" if "bare_fp32" in r else "-"
-        lines.append(f"| {label} | {' '.join(r.get('overrides', [])) or '-'} | {r['trainer']['cpu_s']:.3f} | "
+        note = f" ({r['rounds']} round of {r['block']} steps: for the op shares)" if r["rounds"] < 3 else ""
+        lines.append(f"| {label}{note} | {' '.join(r.get('overrides', [])) or '-'} | {r['trainer']['cpu_s']:.3f} | "
                      f"{r['bare']['cpu_s']:.3f} | {r['ratio_cpu']:.3f} | {r['train_px_per_cpu_s']:,.0f} | {fp32} | "
                      f"{r['date']} |")
-    for label, r in all_res.items():
         if "trainer_channels_last" in r:
             lines.append(f"| {label}, same run | train.channels_last=true | "
                          f"{r['trainer_channels_last']['cpu_s']:.3f} | "
