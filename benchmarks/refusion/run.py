@@ -64,10 +64,21 @@ def save_results(res: dict, *keys: str) -> None:
     """Write ``keys`` of ``res`` (all when none) into results.json, keeping the others as the file has them
     (stages may run as separate processes at once)."""
     merged = load_results()
-    merged.update({k: res[k] for k in (keys or res)})
+    for k in keys or res:  # sections merge entry by entry (another process may have added entries meanwhile)
+        if isinstance(res[k], dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **res[k]}
+        elif k == "cost":  # cells by (method, size, tiling, steps)
+            cells = {cell_key(c): c for c in merged.get(k, []) + res[k]}
+            merged[k] = list(cells.values())
+        else:
+            merged[k] = res[k]
     tmp = RESULTS.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
     tmp.replace(RESULTS)
+
+
+def cell_key(c: dict) -> tuple:
+    return c["method"], c["size"], c["tile"], c["steps"]
 
 
 def rss_kib(field: str) -> int:
@@ -145,7 +156,7 @@ def run_costs(res: dict, reverse: bool = False) -> None:
     cells = cost_cells()
     for kind, size, tile, steps in reversed(cells) if reverse else cells:
         res = {**res, "cost": load_results().get("cost", [])}  # what another process has added meanwhile
-        done = {(c["method"], c["size"], c["tile"], c["steps"]) for c in res["cost"]}
+        done = {cell_key(c) for c in res["cost"]}
         if (kind, size, tile_label(tile), steps) in done or not claim((kind, size, tile, steps)):
             continue
         print(f"cost: {kind} {size}² tile {tile_label(tile)}, {steps} steps", flush=True)
@@ -222,7 +233,7 @@ def report(res: dict) -> None:
              f"Command: `{res.get('command', 'OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/refusion/run.py')}`  ",
              f"Machine: {res.get('machine', '?')}  ", f"Date: {res.get('date', '?')}", ""]
     if res.get("cost"):
-        cells = {(c["method"], c["size"], c["tile"], c["steps"]): c for c in res["cost"]}
+        cells = {cell_key(c): c for c in res["cost"]}
         lines += ["## Cost of one restoration", "",
                   "Random image, untrained nets of the configs' sizes, posterior sampler, the same step count for "
                   "both, one thread. CPU s: the process's CPU time of the restore call; peak RSS: VmHWM of the "
@@ -254,20 +265,28 @@ def report(res: dict) -> None:
                   f"{EVAL_STEPS} posterior steps, 8-bit RGB PSNR / SSIM.", "",
                   "| method | training (steps) | training CPU s | PSNR dB | SSIM | input PSNR dB | CPU s / image |",
                   "|---|---|---|---|---|---|---|"]
-        if "refusion" in q:
+        if "refusion" in q and {"ae", "refusion"} <= set(t):
             steps = f"AE {t['ae']['steps']} + latent {t['refusion']['steps']}"
             r = q["refusion"]
             split = f"{t['ae']['cpu_s']:.0f} + {t['refusion']['cpu_s']:.0f}"
             lines.append(f"| Refusion | {steps} | {ref_cpu:.0f} ({split}) | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                          f"{r['psnr_in']:.2f} | {r['cpu_s_per_image']} |")
-        if "irsde" in q:
+        if "irsde" in q and "irsde" in t:
             r = q["irsde"]
             lines.append(f"| pixel IR-SDE | {t['irsde']['steps']} | {t['irsde']['cpu_s']:.0f} | {r['psnr']:.2f} | "
                          f"{r['ssim']:.4f} | {r['psnr_in']:.2f} | {r['cpu_s_per_image']} |")
+        notes = [f"{name}: {rec['note']}" for name, rec in t.items() if rec.get("note")]
+        if notes:
+            lines += ["", "Training CPU time: getrusage of the training process, except " + "; ".join(notes) + "."]
         if "ae_roundtrip" in q:
             lines += ["", f"The trained autoencoder's round trip of the clean images: "
                           f"{q['ae_roundtrip']['psnr']:.2f} dB (Refusion's ceiling with this autoencoder)."]
         lines.append("")
+    lines += ["## Notes", "",
+              "- The core was shared with about ten other jobs (wall time was 5-15x the CPU time), so the CPU times "
+              "are inflated by cache contention and noisy (about ±20 %: compare the one- and two-step Refusion "
+              "cells, whose difference, one latent step, is below that noise).",
+              *[f"- {n}" for n in res.get("notes", [])], ""]
     (HERE / "results.md").write_text("\n".join(lines))
 
 
