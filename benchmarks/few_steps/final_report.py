@@ -1,0 +1,128 @@
+"""results.md, psnr_vs_steps.png and psnr_niqe.png for the few-step final table (``final.py report``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ORDER = ["regression", "sr3", "irsde", "denoising_sde", "rddm", "cold",
+         "prior", "sr3+prior", "irsde+prior", "rddm+prior", "cold+prior"]
+LABEL = {
+    "regression": "one-pass NAFNet (L1 regression), same net and budget",
+    "sr3": "SR3, x0-prediction, log-SNR input, DDIM",
+    "irsde": "IR-SDE general form (mu = noisy input), x0-prediction, posterior sampler",
+    "denoising_sde": "IR-SDE Denoising-SDE variant (paper), posterior sampler eta 1",
+    "rddm": "RDDM (SM-Res-N, paper), DDIM",
+    "cold": "Cold Diffusion (interp, T = 10), Algorithm 2",
+    "prior": "bundled `denoise` (NAFNet width 32, trained for hours): the prior",
+    "sr3+prior": "SR3 on the prior (the prior's output is its condition)",
+    "irsde+prior": "IR-SDE on the prior (mu = the prior's output)",
+    "rddm+prior": "RDDM on the prior (I_in = the prior's output)",
+    "cold+prior": "Cold Diffusion on the prior (x_T = the prior's output)",
+}
+
+
+def merged(folder: Path) -> dict:
+    """All shards' results (results_*.json) in one dict; a run in several shards keeps its latest record."""
+    out: dict = {"runs": {}}
+    for path in sorted(folder.glob("results*.json")):
+        part = json.loads(path.read_text())
+        for k, v in part.items():
+            if k == "runs":
+                for name, r in v.items():
+                    if name not in out["runs"] or r.get("date", "") >= out["runs"][name].get("date", ""):
+                        out["runs"][name] = r
+            elif k not in out or k == "niqe_input":
+                out[k] = v
+    return out
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    last = None
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if "seconds" in rec:
+            last = rec["seconds"]
+    return last
+
+
+def write_report(_results: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = merged(folder)
+    runs = res["runs"]
+    first = next(iter(runs.values()))
+    psnr_in = first["psnr_in"]
+    prior = runs.get("prior")
+    repo = Path(__file__).resolve().parents[2]
+    runs_dir = Path(os.environ.get("FEW_STEPS_FINAL_RUNS", repo / "runs" / "few_steps_final"))
+    lines = [
+        "# Few-step final table: all of CBSD68, sigma 25, one CPU budget (issue 14)",
+        "",
+        f"{res.get('images', '?')} images, AWGN sigma 25 (float, seed 0); input PSNR {psnr_in:.2f} dB, "
+        f"NIQE {res.get('niqe_input', float('nan')):.2f}. Machine: {first['machine']}, torch {first['torch']}, "
+        f"one thread; evaluated {min(r['date'] for r in runs.values())} to {max(r['date'] for r in runs.values())}.",
+        "Command: `python benchmarks/few_steps/final.py configs && python benchmarks/few_steps/final.py train && "
+        "python benchmarks/few_steps/final.py eval && python benchmarks/few_steps/final.py report` "
+        "(the committed run: two shards, one per core, `runs/few_steps_final/drive.sh`).",
+        "",
+        "CPU s = process CPU seconds per image for the whole restoration (prior included), one thread. "
+        "delta = PSNR - the model's reference (alone: the input; +prior: the prior). "
+        "NIQE: irdiff's pristine model (lower = more natural), absolute values differ from MATLAB's.",
+        "",
+        "| model | steps | eta | PSNR | delta | SSIM | NIQE | CPU s/img | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in ORDER:
+        recs = sorted((r for r in runs.values() if r.get("model", r["name"]) == model),
+                      key=lambda r: (r.get("eta") or 0, r.get("steps") or 0))
+        if not recs:
+            continue
+        train_s = training_seconds(runs_dir / model.replace("+", "_")) if model != "prior" else None
+        for j, r in enumerate(recs):
+            ref = prior["psnr"] if model.endswith("+prior") and prior else psnr_in
+            eta = "" if r.get("eta") is None else f"{r['eta']:g}"
+            steps = r.get("steps") or 1
+            lines.append(
+                f"| {model if j == 0 else ''} | {steps} | {eta} | {r['psnr']:.2f} | {r['psnr'] - ref:+.2f} | "
+                f"{r['ssim']:.4f} | {r['niqe']:.2f} | {r['cpu_seconds']:.2f} | "
+                f"{'' if j or train_s is None else f'{train_s:.0f}'} |")
+    lines += ["", "Models:", ""] + [f"- `{m}`: {LABEL[m]}" for m in ORDER if any(
+        r.get("model", r["name"]) == m for r in runs.values())]
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model in ORDER:
+        recs = sorted((r for r in runs.values() if r.get("model") == model and r.get("steps")
+                       and not r.get("eta")), key=lambda r: r["steps"])
+        if recs:
+            style = "--" if model.endswith("+prior") else "-"
+            ax.plot([r["steps"] for r in recs], [r["psnr"] for r in recs], style, marker="o", label=model)
+    for name, value, colour in [("input", psnr_in, "grey"), ("prior", prior["psnr"] if prior else None, "black"),
+                                ("regression", runs.get("regression", {}).get("psnr"), "tab:brown")]:
+        if value is not None:
+            ax.axhline(value, color=colour, lw=0.8, ls=":")
+            ax.text(10.2, value, name, va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 5, 10], ["1", "2", "5", "10"])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("PSNR (dB), CBSD68 sigma 25")
+    ax.legend(fontsize=7)
+    ax.set_title("PSNR vs steps (deterministic samplers)")
+    for r in runs.values():
+        marker = "s" if str(r.get("model", "")).endswith("+prior") or r["name"] == "prior" else "o"
+        bx.scatter(r["niqe"], r["psnr"], marker=marker, s=18)
+        bx.annotate(r["name"].replace("_steps", " N").replace("_eta", " eta"), (r["niqe"], r["psnr"]), fontsize=5)
+    bx.set_xlabel("NIQE (lower = more natural)")
+    bx.set_ylabel("PSNR (dB)")
+    bx.set_title("PSNR against NIQE, every run")
+    fig.tight_layout()
+    fig.savefig(folder / "psnr_vs_steps.png", dpi=120)
+    print(folder / "results.md")
