@@ -37,13 +37,16 @@ def method_kwargs(section: dict[str, Any]) -> dict[str, Any]:
     return cls.canonical_kwargs(kwargs) if cls is not None else kwargs
 
 
-def build_model(cfg: Config, method: Method) -> nn.Module:
+def build_model(cfg: Config, method: Method, init_frozen: bool = True) -> nn.Module:
     """The trainable module, initialised from ``cfg.seed`` (parameter init is part of the run's seed), with the
-    frozen weights the method takes from outside the run (``Method.init_frozen``)."""
+    frozen weights the method takes from outside the run (``Method.init_frozen``: a prior, Refusion's
+    autoencoder) unless ``init_frozen`` is False (a resumed run: its checkpoint holds them, and their source may
+    have changed or gone since)."""
     torch.manual_seed(cfg.seed)
     model = method.build_net(dict(cfg.net), cfg.img_channels)
-    try:
-        method.init_frozen(model)  # weights from outside the run (Refusion's autoencoder)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    if init_frozen:
+        try:
+            method.init_frozen(model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return model

@@ -109,6 +109,20 @@ class Refine(Method):
         prior = pm.inference_net(pm.build_net(dict(pc.net), pc.img_channels))
         return PriorStack(prior, refiner, self.freeze)
 
+    def init_frozen(self, model: nn.Module) -> None:
+        """A fresh run: the trained prior's inference weights into ``model.prior`` (its source must still have
+        the config recorded in ``prior.config``), then the refining method's own frozen weights (Refusion's
+        autoencoder) into the refiner."""
+        from irdiff.inference import load
+
+        restorer = load(self.source)
+        if to_dict(restorer.cfg) != to_dict(self.prior_cfg):
+            raise ConfigError(f"prior.model: {self.source} no longer has the config recorded in prior.config "
+                              "(re-trained since?); remove prior.config or use another --out directory")
+        stack = getattr(model, "module", model)
+        stack.prior.load_state_dict(restorer.net.state_dict())
+        self.method.init_frozen(stack.refiner)
+
     def inference_net(self, model: nn.Module) -> nn.Module:
         model = getattr(model, "module", model)
         return PriorStack(model.prior, self.method.inference_net(model.refiner), self.freeze)
@@ -212,19 +226,6 @@ def stack_on_prior(method: Method, cfg: Config) -> Refine:
         raise ConfigError("prior: IR-SDE's Denoising-SDE variant (mean_target: clean) starts from the noisy input "
                           "itself and has no mean to take from a prior; use mean_target: lq (μ = the prior's output)")
     return Refine(method, pm, pcfg, freeze=cfg.prior.freeze, source=src)
-
-
-def load_prior_weights(model: nn.Module, cfg: Config) -> None:
-    """Copy the trained prior's inference weights into ``model.prior`` (a fresh run; resumes read the checkpoint).
-    The source must still have the config recorded in ``cfg.prior.config``."""
-    from irdiff.inference import load
-
-    restorer = load(cfg.prior.model)
-    if to_dict(restorer.cfg) != to_dict(from_dict(Config, cfg.prior.config)):
-        raise ConfigError(f"prior.model: {cfg.prior.model} no longer has the config recorded in prior.config "
-                          "(re-trained since?); remove prior.config or use another --out directory")
-    stack = getattr(model, "module", model)
-    stack.prior.load_state_dict(restorer.net.state_dict())
 
 
 def describe(cfg: dict[str, Any]) -> str | None:

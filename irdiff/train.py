@@ -204,15 +204,12 @@ class Trainer:
                           if self.real_set else None)
         self.val_items = dataset_items(cfg.data.val, cfg.seed, cfg.sample.val_max_images) if cfg.data.val else None
 
-        model = build_model(cfg, self.method)
+        fresh = latest_checkpoint(self.run_dir) is None
+        model = build_model(cfg, self.method, init_frozen=fresh)  # a prior's / autoencoder's weights when fresh
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.to(self.device)
-        if cfg.prior is not None and latest_checkpoint(self.run_dir) is None:  # predict-and-refine (irdiff.prior)
-            from irdiff.prior import load_prior_weights
-
-            load_prior_weights(model, cfg)
-        if tc.init_from and latest_checkpoint(self.run_dir) is None:
+        if tc.init_from and fresh:
             _init_weights(model, self.method, tc.init_from)
         self.ema = EMA(model, beta=tc.ema_decay, update_after_step=tc.ema_start, update_every=1,
                        include_online_model=False, use_foreach=True)

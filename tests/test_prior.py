@@ -135,6 +135,24 @@ def test_training_keeps_a_frozen_prior_and_fine_tunes_an_unfrozen_one(runs, tmp_
     assert any(not torch.equal(saved[f"refiner.{k}"], v) for k, v in fresh.refiner.state_dict().items())
 
 
+def test_a_resumed_run_does_not_need_its_prior_source(runs, tmp_path):
+    """On resume the checkpoint holds the prior: its source may have moved (or been re-trained) since."""
+    import shutil
+
+    shutil.copytree(runs / "prior", tmp_path / "prior")
+    first = _refine_config(runs / "imgs", tmp_path / "prior", steps=2)
+    first.train.ckpt_every = 2
+    train(first, tmp_path / "run", progress=False)
+    prior_weights = load_tensors(tmp_path / "prior" / "model.safetensors")
+    shutil.rmtree(tmp_path / "prior")
+    more = _refine_config(runs / "imgs", tmp_path / "prior", steps=3)
+    more.prior.config = first.prior.config
+    train(more, tmp_path / "run", progress=False)
+    saved = load_tensors(tmp_path / "run" / "model.safetensors")
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["step"] == 3
+    assert all(torch.equal(saved[f"prior.{k}"], v) for k, v in prior_weights.items())
+
+
 def test_saved_model_is_self_contained_and_round_trips(runs):
     run, prior_dir = runs / "refine", runs / "prior"
     meta = json.loads((run / "model.json").read_text())

@@ -234,6 +234,21 @@ def test_cli_restore_and_demo(runs, tmp_path):
         app.close()
 
 
+def test_refusion_on_a_prior_gets_both_frozen_parts(runs, tmp_path):
+    """predict-and-refine around Refusion: a fresh run loads the prior's weights and the refiner's autoencoder."""
+    from safetensors.torch import load_file
+
+    naf = {"name": "nafnet", "width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]}
+    train(load_config(base=stage({"name": "regression"}, naf, runs / "gt")), tmp_path / "prior", progress=False)
+    cfg = stage({"name": "refusion", "autoencoder": str(runs / "ae"), "num_steps": 20, "net_input": "official"},
+                TINY_DEN, runs / "gt", steps=1)
+    train(load_config(base={**cfg, "prior": {"model": str(tmp_path / "prior")}}), tmp_path / "both", progress=False)
+    saved = load_file(str(tmp_path / "both" / "model.safetensors"))
+    for prefix, source in (("prior.", tmp_path / "prior"), ("refiner.autoencoder.", runs / "ae")):
+        weights = load_file(str(source / "model.safetensors"))
+        assert all(torch.equal(saved[prefix + k], v) for k, v in weights.items()), prefix
+
+
 def test_config_errors_name_the_key(runs):
     base = stage({"name": "refusion", "autoencoder": str(runs / "nothing_here"),
                   "autoencoder_net": TINY_AE}, TINY_DEN, runs / "gt")

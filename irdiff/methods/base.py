@@ -125,8 +125,9 @@ class Method:
 
     def init_frozen(self, model: nn.Module) -> None:
         """Load, into a freshly built model, the weights a method takes from outside the run and keeps frozen
-        (Refusion: its trained autoencoder). Called when training builds the model, never when a saved model
-        loads (its file holds them). A problem is a ValueError naming the config key. Default: nothing."""
+        (Refusion: its trained autoencoder; predict-and-refine: the prior). Called when a fresh training run
+        builds the model, never on resume or when a saved model loads (their files hold them). A problem is a
+        ValueError naming the config key. Default: nothing."""
 
     # --- the contract ---------------------------------------------------------------------------
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
