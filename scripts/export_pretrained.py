@@ -183,6 +183,22 @@ def training_log(run_dir: Path) -> dict[str, Any]:
     return info
 
 
+def portable(obj: Any, data_root: Path, run_dir: Path) -> Any:
+    """obj (str / dict / list) with this machine's paths written as a user would: the data root as
+    ``${IRDIFF_DATA}`` (as the configs spell it) and the folder holding the run as ``runs``."""
+    pairs = sorted({(str(Path(data_root).resolve()), "${IRDIFF_DATA}"),
+                    (str(Path(run_dir).resolve().parent), "runs")}, key=lambda p: -len(p[0]))
+    if isinstance(obj, str):
+        for old, new in pairs:
+            obj = obj.replace(old, new)
+        return obj
+    if isinstance(obj, dict):
+        return {k: portable(v, data_root, run_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, data_root, run_dir) for v in obj]
+    return obj
+
+
 def card(name: str, meta: dict[str, Any], kind: str, metrics: dict[str, Any], prov: dict[str, Any]) -> str:
     cfg = meta["config"]
     train = cfg["data"]["train"]
@@ -370,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     meta_out = {k: v for k, v in meta.items() if k != "from_checkpoint"}
     meta_out.update({"name": args.name, "task": args.eval, "train_metrics": meta.get("metrics", {}),
                      "metrics": metrics, "provenance": prov})
+    meta_out = portable(meta_out, args.data, args.run_dir)  # no absolute paths of this machine in the bundle
     args.dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=args.dest, prefix=f".{args.name}."))
     final, old = args.dest / args.name, args.dest / f".{args.name}.old"
     try:  # a complete folder (each file fsynced) is swapped in: the bundle is the old one or the new one
         write_bytes_atomic(tmp / "model.safetensors", save(state, metadata={"format": "pt", "irdiff": __version__}))
         write_text_atomic(tmp / "model.json", json.dumps(meta_out, indent=1) + "\n")
-        write_text_atomic(tmp / "card.md", card(args.name, meta, args.eval, metrics, prov))
+        write_text_atomic(tmp / "card.md", portable(card(args.name, meta, args.eval, metrics, prov), args.data,
+                                                    args.run_dir))
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             os.replace(final, old)

@@ -241,6 +241,8 @@ def test_export_denoise(run, test_sets, tmp_path, capsys, monkeypatch):
     assert prov["training"]["logged_step"] == 3 and prov["machine"] and prov["command"].endswith("--fp16")
     card = (dest / "tiny" / "card.md").read_text()
     assert "σ=25" in card and "CBM3D" in card and "steps" in card
+    for text in (card, (dest / "tiny" / "model.json").read_text()):  # no path of this machine in the bundle
+        assert str(run.parent) not in text and f"runs/{run.name}" in text
     monkeypatch.setattr("irdiff.inference.PRETRAINED_DIR", dest)
     img = (np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)
     r = irdiff.load("tiny")
