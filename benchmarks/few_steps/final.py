@@ -3,7 +3,10 @@
     python benchmarks/few_steps/final.py configs            # write final/configs/*.yaml (committed)
     python benchmarks/few_steps/final.py train NAME ...     # train into runs/few_steps_final/NAME (resumes)
     python benchmarks/few_steps/final.py eval NAME ...      # all of CBSD68 at sigma 25 -> final/results.json
-    python benchmarks/few_steps/final.py report             # final/results.md, psnr_vs_steps.png, psnr_niqe.png
+    python benchmarks/few_steps/final.py report             # final/results.md and psnr_vs_steps.png
+
+Another training budget: ``FEW_STEPS_FINAL_RUNS=DIR`` (where its runs go), ``train --train-steps N`` and
+``--folder F`` for eval and report.
 
 One budget for every model (``COMMON`` below): the same net (NAFNet width 16, 0.34 M parameters, noise level
 FiLM-embedded), 2000 steps of batch 8 on 64² BSDS500-train400 patches with AWGN sigma 25 drawn on the fly,
@@ -102,7 +105,9 @@ def write_configs() -> None:
         print(config_path(name))
 
 
-def train(names: list[str]) -> None:
+def train(names: list[str], steps: int | None = None) -> None:
+    """Train each model (resuming a run already there); ``steps`` overrides the budget's training steps."""
+    more = [] if steps is None else ["--set", f"train.steps={steps}"]
     for name in names:
         out = RUNS / name.replace("+", "_")
         log = RUNS / f"{name.replace('+', '_')}.train.log"
@@ -110,7 +115,7 @@ def train(names: list[str]) -> None:
         t0 = time.time()
         with open(log, "a") as f:
             subprocess.run([sys.executable, "-m", "irdiff.cli", "train", "--config", str(config_path(name)),
-                            "--out", str(out), "--no-progress"], stdout=f, stderr=subprocess.STDOUT, check=True)
+                            "--out", str(out), "--no-progress", *more], stdout=f, stderr=subprocess.STDOUT, check=True)
         print(f"trained {name} in {time.time() - t0:.0f} s wall -> {out}", flush=True)
 
 
@@ -202,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["configs", "train", "eval", "report"])
     p.add_argument("names", nargs="*", help="models (default: all); eval also takes 'prior'")
     p.add_argument("--max-images", type=int, default=None, help="the first N images (a smoke test)")
-    p.add_argument("--results", default=str(FINAL / "results.json"))
+    p.add_argument("--results", default=None, help="eval: the results file (default FOLDER/results.json)")
+    p.add_argument("--folder", default=str(FINAL), help="eval / report: the folder of results*.json and the report")
+    p.add_argument("--train-steps", type=int, default=None, help="train: another budget (default: COMMON's)")
     args = p.parse_args(argv)
     known = list(methods())
     bad = [n for n in args.names if n not in known + ["prior"]]
@@ -212,14 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "configs":
         write_configs()
     elif args.what == "train":
-        train([n for n in names if n != "prior"])
+        train([n for n in names if n != "prior"], args.train_steps)
     elif args.what == "eval":
-        evaluate(names if args.names else ["prior"] + known, args.max_images, Path(args.results))
+        results = Path(args.results) if args.results else Path(args.folder) / "results.json"
+        evaluate(names if args.names else ["prior"] + known, args.max_images, results)
     else:
         sys.path.insert(0, str(HERE))
         from final_report import write_report
 
-        write_report(json.loads(Path(args.results).read_text()), FINAL)
+        write_report(Path(args.folder))
     return 0
 
 

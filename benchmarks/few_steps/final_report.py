@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 ORDER = ["regression", "sr3", "irsde", "denoising_sde", "rddm", "cold",
          "prior", "sr3+prior", "irsde+prior", "rddm+prior", "cold+prior"]
 LABEL = {
@@ -50,7 +52,7 @@ def training_seconds(run_dir: Path) -> float | None:
     return last
 
 
-def write_report(_results: dict, folder: Path) -> None:
+def write_report(folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,8 +65,14 @@ def write_report(_results: dict, folder: Path) -> None:
     prior = runs.get("prior")
     repo = Path(__file__).resolve().parents[2]
     runs_dir = Path(os.environ.get("FEW_STEPS_FINAL_RUNS", repo / "runs" / "few_steps_final"))
+    budgets = sorted({yaml.safe_load((d / "config.yaml").read_text())["train"]["steps"]
+                      for d in runs_dir.iterdir() if (d / "config.yaml").is_file()}) if runs_dir.is_dir() else []
     lines = [
         "# Few-step final table: all of CBSD68, sigma 25, one CPU budget (issue 14)",
+        "",
+        f"Every model trained {' / '.join(map(str, budgets)) or '?'} steps of batch 8 (64² patches), the same "
+        "NAFNet width 16, one thread, bf16 autocast (`benchmarks/few_steps/final.py`, `COMMON`); `train s` is the "
+        "run's wall time on a core of its own (= its CPU time).",
         "",
         f"{res.get('images', '?')} images, AWGN sigma 25 (float, seed 0); input PSNR {psnr_in:.2f} dB, "
         f"NIQE {res.get('niqe_input', float('nan')):.2f}. Machine: {first['machine']}, torch {first['torch']}, "
