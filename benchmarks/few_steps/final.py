@@ -79,6 +79,11 @@ def methods() -> dict[str, dict]:
     }
     for name in ("sr3", "irsde", "rddm", "cold"):
         out[f"{name}+prior"] = out[name]
+    # one change at a time (what each bought, at this budget and on the full set)
+    out["sr3_eps"] = ({**sr3, "prediction": "eps", "noise_level_input": "noise_std"}, {"sampler": "ddim"})
+    out["sr3_x0_noise_std"] = ({**sr3, "noise_level_input": "noise_std"}, {"sampler": "ddim"})
+    out["sr3_min_snr5"] = ({**sr3, "min_snr_gamma": 5.0}, {"sampler": "ddim"})
+    out["irsde_eps"] = ({**irsde, "prediction": "eps"}, {"sampler": "posterior"})
     return out
 
 

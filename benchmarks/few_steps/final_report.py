@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 ORDER = ["regression", "sr3", "irsde", "denoising_sde", "rddm", "cold",
-         "prior", "sr3+prior", "irsde+prior", "rddm+prior", "cold+prior"]
+         "prior", "sr3+prior", "irsde+prior", "rddm+prior", "cold+prior",
+         "sr3_eps", "sr3_x0_noise_std", "sr3_min_snr5", "irsde_eps"]
 LABEL = {
     "regression": "one-pass NAFNet (L1 regression), same net and budget",
     "sr3": "SR3, x0-prediction, log-SNR input, DDIM",
@@ -22,6 +23,10 @@ LABEL = {
     "irsde+prior": "IR-SDE on the prior (mu = the prior's output)",
     "rddm+prior": "RDDM on the prior (I_in = the prior's output)",
     "cold+prior": "Cold Diffusion on the prior (x_T = the prior's output)",
+    "sr3_eps": "ablation: `sr3` with epsilon-prediction (the paper) and the default noise-level input sqrt(1 - gamma)",
+    "sr3_x0_noise_std": "ablation: `sr3` with the default noise-level input sqrt(1 - gamma) instead of log-SNR",
+    "sr3_min_snr5": "ablation: `sr3` with the min-SNR-5 loss weight",
+    "irsde_eps": "ablation: `irsde` with epsilon-prediction (the same noise-matching loss)",
 }
 
 
