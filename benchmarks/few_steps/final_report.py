@@ -111,31 +111,48 @@ def write_report(folder: Path) -> None:
         r.get("model", r["name"]) == m for r in runs.values())]
     (folder / "results.md").write_text("\n".join(lines) + "\n")
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = dict(zip(ORDER, plt.get_cmap("tab20").colors))
+    low = 22.5
     for model in ORDER:
         recs = sorted((r for r in runs.values() if r.get("model") == model and r.get("steps")
                        and not r.get("eta")), key=lambda r: r["steps"])
         if recs:
             style = "--" if model.endswith("+prior") else "-"
-            ax.plot([r["steps"] for r in recs], [r["psnr"] for r in recs], style, marker="o", label=model)
-    for name, value, colour in [("input", psnr_in, "grey"), ("prior", prior["psnr"] if prior else None, "black"),
+            ax.plot([r["steps"] for r in recs], [max(r["psnr"], low) for r in recs], style, marker="o",
+                    color=colours[model], label=model)
+            for r in recs:
+                if r["psnr"] < low:
+                    ax.annotate(f"{model} N={r['steps']}: {r['psnr']:.1f} dB (off scale)", (r["steps"], low),
+                                fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for name, value, colour in [("prior", prior["psnr"] if prior else None, "black"),
                                 ("regression", runs.get("regression", {}).get("psnr"), "tab:brown")]:
         if value is not None:
             ax.axhline(value, color=colour, lw=0.8, ls=":")
-            ax.text(10.2, value, name, va="center", fontsize=8)
+            ax.text(10.4, value, name, va="center", fontsize=8)
+    ax.set_ylim(low - 0.2, 31.6)
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 10], ["1", "2", "5", "10"])
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("PSNR (dB), CBSD68 sigma 25")
-    ax.legend(fontsize=7)
-    ax.set_title("PSNR vs steps (deterministic samplers)")
-    for r in runs.values():
-        marker = "s" if str(r.get("model", "")).endswith("+prior") or r["name"] == "prior" else "o"
-        bx.scatter(r["niqe"], r["psnr"], marker=marker, s=18)
-        bx.annotate(r["name"].replace("_steps", " N").replace("_eta", " eta"), (r["niqe"], r["psnr"]), fontsize=5)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title(f"PSNR vs steps (deterministic samplers; input {psnr_in:.2f} dB)")
+    near = [m for m in ORDER if m == "prior" or m.endswith("+prior")]
+    for model in near:
+        recs = sorted((r for r in runs.values() if r.get("model") == model), key=lambda r: r["niqe"])
+        if not recs:
+            continue
+        bx.plot([r["niqe"] for r in recs], [r["psnr"] for r in recs], marker="s" if model == "prior" else "o",
+                ls="none", color=colours[model], label=model)
+        for r in recs:
+            tag = "" if model == "prior" else f"N{r['steps']}" + ("" if r.get("eta") is None else f" η{r['eta']:g}")
+            bx.annotate(tag, (r["niqe"], r["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    if prior:
+        bx.axhspan(prior["psnr"] - 0.2, prior["psnr"], color="grey", alpha=0.15, label="within 0.2 dB of the prior")
     bx.set_xlabel("NIQE (lower = more natural)")
     bx.set_ylabel("PSNR (dB)")
-    bx.set_title("PSNR against NIQE, every run")
+    bx.legend(fontsize=7)
+    bx.set_title("On the prior: PSNR against NIQE (N steps, η)")
     fig.tight_layout()
     fig.savefig(folder / "psnr_vs_steps.png", dpi=120)
     print(folder / "results.md")
