@@ -17,12 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"name": "unet", "base_channels": 16, "channel_mults": [1, 2, 2], "num_res_blocks": 1,
              "attn_levels": [2], "norm_groups": 8, "head_channels": 16}
 # sampling steps for the check: the configs' defaults, SR3 cut from 50 to 20 to keep the test short
-SAMPLE_STEPS = {"sr3": 20, "cold": 10, "irsde": 20, "rddm": 10}
+SAMPLE_STEPS = {"sr3": 20, "cold": 10, "irsde": 20, "rddm": 10, "irsde_lq": 20}
 # training steps: 400 suffice for Cold and RDDM; SR3 and IR-SDE get 5x that (and still drift, see below)
-TRAIN_STEPS = {"sr3": 2000, "cold": 400, "irsde": 400, "rddm": 400}
+TRAIN_STEPS = {"sr3": 2000, "cold": 400, "irsde": 400, "rddm": 400, "irsde_lq": 2000}
 MARGIN_DB = 0.5
-# method options on top of the shipped config: SR3 predicts x0 (see the comment below)
-METHOD_OVERRIDES = {"sr3": {"prediction": "x0"}}
+# issue 14's goal for the x0-predicting cases: beat the input by >= 4 dB without colour correction
+GAIN_DB = {"sr3": 4.0, "irsde_lq": 4.0}
+# method options on top of the shipped config: SR3 and IR-SDE's general form predict x0 (see the comment below)
+METHOD_OVERRIDES = {"sr3": {"prediction": "x0"}, "irsde_lq": {"prediction": "x0", "objective": "noise"}}
+# the case's config, configs/<name>.yaml: irsde_lq is IR-SDE's general form (mu = the noisy image, lambda 10)
+CONFIGS = {"irsde_lq": "irsde_denoise_s25_lq"}
 
 
 class BelowIdentity(AssertionError):
@@ -44,13 +48,16 @@ class BelowIdentity(AssertionError):
 # budget passes (2026-11-30, benchmarks/prediction_targets/e2e.py, the same config, data and bench calls as
 # here, 1 thread on a shared core, 698 s): 20.49 -> 28.17 dB, SSIM 0.822, 28.22 dB colour-fixed; validation
 # 26.12 / 27.74 / 28.18 / 28.37 dB at steps 500..2000. (v-prediction: 24.34 dB, SSIM 0.677, 24.45 colour-fixed.)
-# So the SR3 case trains with x0-prediction and its former strict xfail (ε: below the identity) is gone.
+# So the SR3 case trains with x0-prediction and its former strict xfail (ε: below the identity) is gone, and
+# the general form of IR-SDE is a case of its own with x0-prediction and the noise-matching loss (the same
+# recipe in benchmarks/prediction_targets: 20.49 -> 27.05 dB, SSIM 0.761; on all of CBSD68 with a NAFNet,
+# benchmarks/few_steps's final table: 29.33 dB at 2 steps, 29.13 at 10, where ε stays at 25.07 after 10).
 
 
 def _config(method: str, train_dir: Path, val_dir: Path):
     from irdiff.config import load_config, read_yaml
 
-    data = read_yaml(ROOT / "configs" / f"{method}_denoise_s25.yaml")
+    data = read_yaml(ROOT / "configs" / f"{CONFIGS.get(method, method + '_denoise_s25')}.yaml")
     data["net"] = dict(TINY_UNET)
     data["method"].update(METHOD_OVERRIDES.get(method, {}))
     data["data"]["train"].update(gt_dir=str(train_dir), patch_size=48, max_images=100)
@@ -66,7 +73,7 @@ def _config(method: str, train_dir: Path, val_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["sr3", "cold", "irsde", "rddm"])
+@pytest.mark.parametrize("method", ["sr3", "cold", "irsde", "rddm", "irsde_lq"])
 def test_method_beats_identity_on_cbsd68(method, tmp_path):
     from irdiff.bench import DatasetEntry, bench_method, input_records, load_images, summarize
     from irdiff.config import DataSpec
@@ -99,5 +106,6 @@ def test_method_beats_identity_on_cbsd68(method, tmp_path):
     print(f"[e2e] {method}: with color_fix=wavelet {fixed:.2f} dB")
     assert rows[1]["ssim"] > rows[0]["ssim"] + 0.02, "no structural improvement (SSIM)"
     assert fixed > noisy + MARGIN_DB, "does not denoise even with the colour taken from the input"
-    if not restored > noisy + MARGIN_DB:
-        raise BelowIdentity(f"{method}: restored {restored:.2f} dB <= noisy {noisy:.2f} + {MARGIN_DB} dB")
+    gain = GAIN_DB.get(method, MARGIN_DB)
+    if not restored > noisy + gain:
+        raise BelowIdentity(f"{method}: restored {restored:.2f} dB <= noisy {noisy:.2f} + {gain} dB")
