@@ -77,7 +77,7 @@ def write_report(folder: Path) -> None:
         "",
         f"Every model trained {' / '.join(map(str, budgets)) or '?'} steps of batch 8 (64² patches), the same "
         "NAFNet width 16, one thread, bf16 autocast (`benchmarks/few_steps/final.py`, `COMMON`); `train s` is the "
-        "run's wall time on a core of its own (= its CPU time).",
+        "run's wall time, one thread (on a core of its own: its CPU time, unless the README says otherwise).",
         "",
         f"{res.get('images', '?')} images, AWGN sigma 25 (float, seed 0); input PSNR {psnr_in:.2f} dB, "
         f"NIQE {res.get('niqe_input', float('nan')):.2f}. Machine: {first['machine']}, torch {first['torch']}, "
@@ -147,11 +147,14 @@ def write_report(folder: Path) -> None:
         for r in recs:
             tag = "" if model == "prior" else f"N{r['steps']}" + ("" if r.get("eta") is None else f" η{r['eta']:g}")
             bx.annotate(tag, (r["niqe"], r["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    if not any(r.get("model") in near for r in runs.values()):
+        bx.set_visible(False)
     if prior:
         bx.axhspan(prior["psnr"] - 0.2, prior["psnr"], color="grey", alpha=0.15, label="within 0.2 dB of the prior")
     bx.set_xlabel("NIQE (lower = more natural)")
     bx.set_ylabel("PSNR (dB)")
-    bx.legend(fontsize=7)
+    if bx.get_visible():
+        bx.legend(fontsize=7)
     bx.set_title("On the prior: PSNR against NIQE (N steps, η)")
     fig.tight_layout()
     fig.savefig(folder / "psnr_vs_steps.png", dpi=120)
