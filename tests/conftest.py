@@ -13,6 +13,20 @@ if "IRDIFF_DATA" not in os.environ and _SIBLING_DATA.is_dir():
 SHARED_DATA = Path(os.environ.get("IRDIFF_DATA", _SIBLING_DATA))
 
 
+def load_script(relpath: str, name: str, register: bool = False):
+    """A script of the repository (``scripts/...``, ``benchmarks/...``) imported as module ``name``; ``register``
+    puts it in sys.modules first (needed by dataclasses defined in it)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def shared_data(name: str) -> Path:
     """A data set folder under $IRDIFF_DATA, or skip the test with a clear message when it is absent."""
     p = SHARED_DATA / name

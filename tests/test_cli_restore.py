@@ -1,6 +1,5 @@
 """`irdiff restore` and `irdiff info` through irdiff.cli.main, and scripts/export_pretrained.py."""
 
-import importlib.util
 import json
 import struct
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from irdiff.cli import main
@@ -208,10 +208,7 @@ def test_info_prints_summary_card_and_list(run, tmp_path, capsys):
 
 
 def export_script():
-    spec = importlib.util.spec_from_file_location("export_pretrained", REPO / "scripts" / "export_pretrained.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/export_pretrained.py", "export_pretrained")
 
 
 @pytest.fixture(scope="module")

@@ -5,21 +5,18 @@ holds (which module may import which)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_PAGES = ["regression", "sr3", "cold", "irsde", "refusion", "rddm", "noise_da"]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("gen_config_docs", REPO / "scripts" / "gen_config_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/gen_config_docs.py", "gen_config_docs")
 
 
 def test_config_reference_is_up_to_date():

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from irdiff.build import build_method
@@ -211,11 +212,7 @@ def test_bad_priors_are_config_errors(runs, tmp_path):
 def test_export_refine_takes_the_benchmark_table(runs, tmp_path, capsys):
     """scripts/export_pretrained.py --eval refine: the card's table is the benchmark's, the best run that meets the
     goal (within 0.2 dB of the prior, lower NIQE) becomes the default sampling; another model's results are refused."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_pretrained", REPO / "scripts" / "export_pretrained.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/export_pretrained.py", "export_pretrained")
     run = runs / "refine"
 
     def entry(steps, eta, psnr, niqe, model=str(run)):

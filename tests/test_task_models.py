@@ -1,7 +1,6 @@
 """benchmarks/task_models/tasks.py: the classical baselines against scikit-image and independent formulas,
 and the task evaluation on tiny sets."""
 
-import importlib.util
 import json
 import math
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,11 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tasks_module():
     if "irdiff_task_models" not in sys.modules:  # dataclasses need the module registered while it executes
-        spec = importlib.util.spec_from_file_location("irdiff_task_models",
-                                                      REPO / "benchmarks" / "task_models" / "tasks.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
+        load_script("benchmarks/task_models/tasks.py", "irdiff_task_models", register=True)
     return sys.modules["irdiff_task_models"]
 
 
@@ -137,13 +133,6 @@ def test_evaluate_task_on_tiny_sets(tmp_path, monkeypatch):
 
 # ---- export as a bundled task model, benchmark numbers reused, `irdiff restore --model` ------------------------
 
-def load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def task_data(tmp_path_factory):
     from irdiff.data.io import write_image
@@ -177,7 +166,7 @@ def test_export_deblur_card_and_restore_by_name(tiny_run, task_data, tmp_path, m
 
     tm = tasks_module()
     monkeypatch.setattr(tm, "TUNE_CROP", 32)
-    export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
+    export = load_script("scripts/export_pretrained.py", "export_pretrained")
     monkeypatch.setattr(export, "TASK_RESULTS", tmp_path / "no_results.json")  # no benchmark numbers to reuse
     dest = tmp_path / "pretrained"
     assert export.main([str(tiny_run), "deblur", "--eval", "deblur", "--data", str(task_data), "--dest", str(dest),
@@ -200,7 +189,7 @@ def test_export_deblur_card_and_restore_by_name(tiny_run, task_data, tmp_path, m
 
 
 def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, monkeypatch):
-    run = load_script(REPO / "benchmarks" / "task_models" / "run.py", "task_models_run")
+    run = load_script("benchmarks/task_models/run.py", "task_models_run")
     bench = tmp_path / "bench"
     assert run.main(["jpeg", "--model", f"jpeg={tiny_run}", "--data", str(task_data), "--max-images", "1",
                      "--out", str(bench)]) == 0
@@ -211,7 +200,7 @@ def test_benchmark_results_feed_the_jpeg_card(tiny_run, task_data, tmp_path, mon
     with pytest.raises(SystemExit):
         run.main(["deblurr", "--data", str(task_data), "--out", str(bench)])
 
-    export = load_script(REPO / "scripts" / "export_pretrained.py", "export_pretrained")
+    export = load_script("scripts/export_pretrained.py", "export_pretrained")
     monkeypatch.setattr(export, "TASK_RESULTS", bench / "results.json")
     dest = tmp_path / "pretrained"
     assert export.main([str(tiny_run), "jpeg", "--eval", "jpeg", "--data", str(task_data), "--dest", str(dest),
